@@ -1,0 +1,75 @@
+"""The log-mel front end: one :class:`~luna.config.MelConfig` describes it for tokenizer and vocoder alike."""
+from __future__ import annotations
+
+from dataclasses import asdict, fields
+from typing import Any, Dict, List, Tuple
+
+import torch
+import torchaudio
+from omegaconf import DictConfig, OmegaConf
+
+from luna.config import MelConfig
+
+
+def mel_config(node: Any) -> MelConfig:
+    """A MelConfig from a dataclass, DictConfig or dict."""
+    if isinstance(node, MelConfig):
+        return node
+    if isinstance(node, DictConfig):
+        node = OmegaConf.to_container(node, resolve=True)
+    return MelConfig(**dict(node))
+
+
+def mel_mismatches(a: Any, b: Any) -> List[Tuple[str, Any, Any]]:
+    """Fields where two mel conventions differ, as (field, a value, b value)."""
+    a, b = asdict(mel_config(a)), asdict(mel_config(b))
+    return [(f.name, a[f.name], b[f.name]) for f in fields(MelConfig) if a[f.name] != b[f.name]]
+
+
+class MelSpectrogram(torch.nn.Module):
+    """Audio ``[B, S]`` → log-mel ``[B, n_mels, S // hop]`` (HiFi-GAN framing: pad (n_fft-hop)/2, center=False).
+
+    The STFT runs in fp32 even under autocast; frames = floor(S / hop) for any S.
+    """
+
+    def __init__(self, mel: Any):
+        super().__init__()
+        self.config = mel_config(mel)
+        c = self.config
+        self.pad = (c.n_fft - c.hop_length) // 2
+        self.spec = torchaudio.transforms.MelSpectrogram(
+            sample_rate=c.sample_rate,
+            n_fft=c.n_fft,
+            win_length=c.win_length,
+            hop_length=c.hop_length,
+            f_min=c.f_min,
+            f_max=c.f_max,
+            n_mels=c.n_mels,
+            power=c.power,
+            center=False,
+            norm="slaney" if c.mel_scale == "slaney" else None,
+            mel_scale=c.mel_scale,
+        )
+
+    def forward(self, audio: torch.Tensor) -> torch.Tensor:
+        squeeze = audio.dim() == 1
+        x = audio.reshape(1, -1) if squeeze else audio.reshape(audio.shape[0], -1)
+        with torch.autocast(device_type=x.device.type, enabled=False):
+            x = x.float()
+            mode = self.config.padding
+            if mode == "reflect" and x.shape[-1] <= self.pad:
+                mode = "constant"  # reflect needs more samples than the pad; tiny clips get zeros
+            x = torch.nn.functional.pad(x.unsqueeze(1), (self.pad, self.pad), mode=mode).squeeze(1)
+            if x.shape[-1] < self.config.n_fft:  # shorter than one window: no frame
+                return x.new_zeros(x.shape[0], self.config.n_mels, 0)
+            m = self.spec(x)
+            m = torch.clamp(m, min=self.config.log_floor)
+            m = torch.log(m) if self.config.log == "ln" else torch.log10(m)
+        return m[0] if squeeze else m
+
+    def num_frames(self, num_samples: int) -> int:
+        return num_samples // self.config.hop_length
+
+
+def describe(mel: Any) -> Dict[str, Any]:
+    return asdict(mel_config(mel))

@@ -1,0 +1,74 @@
+"""Convolutional encoder and decoder over mel frames (1-D convs, residual blocks, GroupNorm).
+
+Shapes: encoder ``[B, n_mels, T] → [B, D, ceil(T / stride)]``; decoder ``[B, D, T'] → [B, n_mels, T' · stride]``
+(the tokenizer crops to the input length, so output length always equals input length).
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def _norm(channels: int) -> nn.GroupNorm:
+    return nn.GroupNorm(min(8, channels), channels)
+
+
+class ResBlock(nn.Module):
+    """Pre-norm residual block: GN → GELU → dilated conv k3 → GN → GELU → conv k1."""
+
+    def __init__(self, channels: int, dilation: int):
+        super().__init__()
+        self.block = nn.Sequential(
+            _norm(channels),
+            nn.GELU(),
+            nn.Conv1d(channels, channels, 3, padding=dilation, dilation=dilation),
+            _norm(channels),
+            nn.GELU(),
+            nn.Conv1d(channels, channels, 1),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.block(x)
+
+
+def _stack(channels: int, n: int) -> nn.Sequential:
+    return nn.Sequential(*(ResBlock(channels, 3**i) for i in range(n)))  # dilations 1, 3, 9, ...
+
+
+class Encoder(nn.Module):
+    def __init__(self, n_mels: int, hidden: int, dim: int, stride: int, res_blocks: int):
+        super().__init__()
+        self.stride = stride
+        self.conv_in = nn.Conv1d(n_mels, hidden, 7, padding=3)
+        self.pre = _stack(hidden, res_blocks)
+        self.down = nn.Conv1d(hidden, hidden, 2 * stride, stride=stride) if stride > 1 else nn.Identity()
+        self.post = _stack(hidden, res_blocks)
+        self.out = nn.Sequential(_norm(hidden), nn.GELU(), nn.Conv1d(hidden, dim, 1))
+
+    def forward(self, mel: torch.Tensor) -> torch.Tensor:
+        x = self.pre(self.conv_in(mel))  # [B, H, T]
+        if self.stride > 1:
+            s, t = self.stride, x.shape[-1]
+            extra = (-t) % s  # pad T up to a multiple of the stride, then s//2 + s - s//2 for the k=2s window
+            x = F.pad(x, (s // 2, s - s // 2 + extra), mode="replicate")
+            x = self.down(x)  # [B, H, ceil(T / s)]
+        return self.out(self.post(x))
+
+
+class Decoder(nn.Module):
+    def __init__(self, n_mels: int, hidden: int, dim: int, stride: int, res_blocks: int):
+        super().__init__()
+        self.stride = stride
+        self.conv_in = nn.Conv1d(dim, hidden, 3, padding=1)
+        self.pre = _stack(hidden, res_blocks)
+        self.up = nn.ConvTranspose1d(hidden, hidden, 2 * stride, stride=stride) if stride > 1 else nn.Identity()
+        self.post = _stack(hidden, res_blocks)
+        self.out = nn.Sequential(_norm(hidden), nn.GELU(), nn.Conv1d(hidden, n_mels, 7, padding=3))
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        x = self.pre(self.conv_in(z))
+        if self.stride > 1:
+            s, t = self.stride, x.shape[-1]
+            x = self.up(x)[..., s // 2 : s // 2 + t * s]  # (T'-1)s + 2s samples → centred T'·s
+        return self.out(self.post(x))

@@ -1,0 +1,287 @@
+"""Residual vector quantizer with EMA codebooks, the part the well-known codecs get subtly wrong.
+
+Rules (DESIGN.md §3), each covered by a test:
+- The codebook is never stored: it is ``embed_sum / cluster_size``, so replacing a code (both statistics
+  at once) can never be undone by the same step's EMA update (audiocraft overwrites its revival).
+- k-means init on the first training batch, on data gathered from every rank, broadcast from rank 0.
+- Dead codes (EMA usage below ``dead_code_threshold`` × uniform usage, a batch-size-free fraction) are
+  revived from the worst-quantized vectors of the batch and get a grace period, so revival settles.
+- Stage i+1 quantizes ``residual_i - sg(q_i)``: the commitment loss of every stage reaches the encoder
+  (encodec #25); the straight-through estimator is applied once, on the sum.
+- EMA statistics are all-reduced across ranks every step; all quantizer math runs in fp32.
+- Quantizer dropout: a fraction of the samples use a random 1..N quantizers, so one model serves every N.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Dict, List, Optional
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import nn
+
+
+def _distributed() -> bool:
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def usage_stats(counts: torch.Tensor, dead_fraction: float = 0.0) -> List[Dict[str, float]]:
+    """Per-quantizer code statistics from counts ``[N, K]`` (histograms or EMA cluster sizes).
+
+    usage: fraction of codes whose share exceeds ``dead_fraction`` × uniform share (0: used at all);
+    perplexity: exp(entropy); entropy_normalized: entropy / log K; dead_codes: K - used.
+    """
+    counts = counts.double().clamp(min=0)
+    k = counts.shape[-1]
+    out = []
+    for c in counts:
+        total = c.sum()
+        p = c / total if total > 0 else torch.zeros_like(c)
+        used = (p > dead_fraction / k).sum().item() if total > 0 else 0
+        nz = p[p > 0]
+        entropy = float(-(nz * nz.log()).sum()) if nz.numel() else 0.0
+        out.append(
+            {
+                "usage": used / k,
+                "perplexity": math.exp(entropy),
+                "entropy_normalized": entropy / math.log(k),
+                "dead_codes": int(k - used),
+            }
+        )
+    return out
+
+
+def kmeans(x: torch.Tensor, k: int, iters: int, generator: torch.Generator) -> torch.Tensor:
+    """Plain Lloyd k-means on ``x [M, D]`` → centroids ``[k, D]``; empty clusters re-seeded from data."""
+    m = x.shape[0]
+    idx = torch.randperm(m, generator=generator, device="cpu")[: min(k, m)].to(x.device)
+    centroids = x[idx]
+    if m < k:  # fewer vectors than codes: repeat data points (revival spreads them out later)
+        extra = torch.randint(0, m, (k - m,), generator=generator, device="cpu").to(x.device)
+        centroids = torch.cat([centroids, x[extra]])
+    for _ in range(iters):
+        assign = _nearest(x, centroids)
+        sums = torch.zeros_like(centroids).index_add_(0, assign, x)
+        counts = torch.bincount(assign, minlength=k).to(x.dtype)
+        empty = counts == 0
+        centroids = torch.where(empty[:, None], centroids, sums / counts.clamp(min=1)[:, None])
+    return centroids
+
+
+def _nearest(x: torch.Tensor, codebook: torch.Tensor) -> torch.Tensor:
+    """Index of the nearest code for each row of ``x [M, D]``: one matmul, argmin of ||e||² - 2 x·e."""
+    scores = torch.addmm(codebook.pow(2).sum(1)[None, :], x, codebook.t(), alpha=-2.0)  # [M, K]
+    return scores.argmin(dim=1)
+
+
+class EMACodebook(nn.Module):
+    """One RVQ stage: K codes of size D held as EMA statistics (buffers, never optimizer parameters)."""
+
+    def __init__(
+        self,
+        dim: int,
+        codebook_size: int,
+        decay: float = 0.99,
+        kmeans_iters: int = 10,
+        dead_code_threshold: float = 0.1,
+        revival_grace_steps: int = 200,
+        eps: float = 1e-5,
+    ):
+        super().__init__()
+        self.dim, self.codebook_size = dim, codebook_size
+        self.decay, self.kmeans_iters, self.eps = decay, kmeans_iters, eps
+        self.dead_code_threshold, self.revival_grace_steps = dead_code_threshold, revival_grace_steps
+        self.register_buffer("embed_sum", torch.randn(codebook_size, dim))  # Σ of assigned vectors (EMA)
+        self.register_buffer("cluster_size", torch.ones(codebook_size))  # assignment counts (EMA)
+        self.register_buffer("grace", torch.zeros(codebook_size, dtype=torch.long))  # steps left unjudged
+        self.register_buffer("initialized", torch.zeros((), dtype=torch.bool))
+        self.register_buffer("replaced", torch.zeros((), dtype=torch.long))  # codes revived in the last step
+
+    @property
+    def codebook(self) -> torch.Tensor:
+        """``[K, D]`` derived every time: a replacement of both statistics is final."""
+        return self.embed_sum / self.cluster_size.clamp(min=self.eps)[:, None]
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        """``x [M, D]`` → codes ``[M]`` (pure; no statistics touched)."""
+        return _nearest(x.float(), self.codebook)
+
+    def decode(self, codes: torch.Tensor) -> torch.Tensor:
+        return F.embedding(codes, self.codebook)
+
+    def dead_mask(self) -> torch.Tensor:
+        share = self.cluster_size / self.cluster_size.sum().clamp(min=self.eps)
+        return (share < self.dead_code_threshold / self.codebook_size) & (self.grace <= 0)
+
+    @torch.no_grad()
+    def init_kmeans(self, x: torch.Tensor, generator: torch.Generator) -> None:
+        """Codebook := k-means of ``x`` gathered from every rank; rank 0's result is broadcast."""
+        if _distributed():
+            gathered = [torch.empty_like(x) for _ in range(dist.get_world_size())]
+            dist.all_gather(gathered, x.contiguous())
+            x = torch.cat(gathered)
+        centroids = kmeans(x, self.codebook_size, self.kmeans_iters, generator)
+        counts = torch.bincount(_nearest(x, centroids), minlength=self.codebook_size).float()
+        # a uniform prior count so no code starts dead; the codebook is exactly the centroids
+        size = torch.full_like(counts, max(float(x.shape[0]) / self.codebook_size, 1.0))
+        self.cluster_size.copy_(size)
+        self.embed_sum.copy_(centroids * size[:, None])
+        if _distributed():
+            dist.broadcast(self.cluster_size, 0)
+            dist.broadcast(self.embed_sum, 0)
+        self.initialized.fill_(True)
+
+    @torch.no_grad()
+    def update(self, x: torch.Tensor, codes: torch.Tensor) -> None:
+        """EMA update from this batch (all-reduced over ranks), then dead-code revival."""
+        counts = torch.bincount(codes, minlength=self.codebook_size).float()  # [K]
+        sums = torch.zeros_like(self.embed_sum).index_add_(0, codes, x)  # [K, D]
+        if _distributed():
+            dist.all_reduce(counts)
+            dist.all_reduce(sums)
+        self.cluster_size.mul_(self.decay).add_(counts, alpha=1 - self.decay)
+        self.embed_sum.mul_(self.decay).add_(sums, alpha=1 - self.decay)
+        self.grace.sub_(1).clamp_(min=0)
+        self.revive(x, codes)
+
+    @torch.no_grad()
+    def revive(self, x: torch.Tensor, codes: torch.Tensor) -> None:
+        """Replace dead codes by the batch vectors this codebook quantizes worst (identical on all ranks)."""
+        dead = self.dead_mask()
+        n_dead = int(dead.sum())  # identical on every rank: the statistics were all-reduced
+        self.replaced.fill_(n_dead)
+        if n_dead == 0:
+            return
+        if not _distributed() or dist.get_rank() == 0:
+            err = (x - self.codebook[codes]).pow(2).sum(1)  # [M] squared quantization error
+            order = err.argsort(descending=True)
+            picks = order[torch.arange(n_dead, device=x.device) % order.numel()]
+            share = float(self.cluster_size.sum()) / self.codebook_size  # a uniform share: alive at once
+            dead_idx = dead.nonzero().squeeze(1)
+            self.cluster_size[dead_idx] = share
+            self.embed_sum[dead_idx] = x[picks] * share
+            self.grace[dead_idx] = self.revival_grace_steps
+        if _distributed():
+            for buf in (self.cluster_size, self.embed_sum, self.grace):
+                dist.broadcast(buf, 0)
+
+
+@dataclass
+class QuantizerOutput:
+    quantized: torch.Tensor  # [B, D, T] straight-through sum of the active stages
+    codes: torch.Tensor  # [B, N, T] long
+    commitment: torch.Tensor  # scalar: Σ over stages of the mean squared residual-to-code distance
+    num_quantizers: torch.Tensor  # [B] stages used per sample (quantizer dropout)
+
+
+class ResidualVectorQuantizer(nn.Module):
+    """N EMA codebook stages applied to successive residuals; input and output ``[B, D, T]``."""
+
+    def __init__(
+        self,
+        dim: int,
+        codebook_size: int,
+        num_quantizers: int,
+        decay: float = 0.99,
+        kmeans_iters: int = 10,
+        dead_code_threshold: float = 0.1,
+        revival_grace_steps: int = 200,
+        quantizer_dropout: float = 0.0,
+        seed: int = 0,
+    ):
+        super().__init__()
+        self.num_quantizers, self.codebook_size, self.dim = num_quantizers, codebook_size, dim
+        self.quantizer_dropout = quantizer_dropout
+        self.seed = seed
+        self.layers = nn.ModuleList(
+            EMACodebook(dim, codebook_size, decay, kmeans_iters, dead_code_threshold, revival_grace_steps)
+            for _ in range(num_quantizers)
+        )
+
+    def _generator(self) -> torch.Generator:
+        return torch.Generator().manual_seed(self.seed)
+
+    def forward(self, z: torch.Tensor, num_quantizers: Optional[int] = None) -> QuantizerOutput:
+        """Quantize ``z [B, D, T]``. In training mode codebooks learn (EMA) and dropout applies."""
+        with torch.autocast(device_type=z.device.type, enabled=False):
+            return self._forward(z.float(), num_quantizers)
+
+    def _forward(self, z: torch.Tensor, num_quantizers: Optional[int]) -> QuantizerOutput:
+        b, d, t = z.shape
+        n = self.num_quantizers if num_quantizers is None else num_quantizers
+        if not 1 <= n <= self.num_quantizers:
+            raise ValueError(f"num_quantizers must be in 1..{self.num_quantizers}, got {n}")
+        active_n = torch.full((b,), n, device=z.device, dtype=torch.long)
+        if self.training and self.quantizer_dropout > 0 and num_quantizers is None:
+            drop = torch.rand(b, device=z.device) < self.quantizer_dropout
+            random_n = torch.randint(1, n + 1, (b,), device=z.device)
+            active_n = torch.where(drop, random_n, active_n)
+        x = z.permute(0, 2, 1)  # [B, T, D]
+        residual = x
+        total = torch.zeros_like(x)
+        commitment = x.new_zeros(())
+        codes = []
+        for i, layer in enumerate(self.layers[:n]):
+            flat = residual.reshape(-1, d)
+            if self.training and not bool(layer.initialized):
+                layer.init_kmeans(flat.detach(), self._generator())
+            idx = layer.encode(flat.detach())  # [B*T]
+            q = layer.decode(idx).view(b, t, d)
+            if self.training:
+                layer.update(flat.detach(), idx)
+            mask = (active_n > i).to(x.dtype)[:, None, None]  # [B, 1, 1] stage used by this sample
+            per_sample = (residual - q.detach()).pow(2).mean(dim=(1, 2))  # [B]
+            commitment = commitment + (per_sample * mask[:, 0, 0]).sum() / mask.sum().clamp(min=1)
+            total = total + q.detach() * mask
+            residual = residual - q.detach()  # detached: stage i+1's commitment reaches the encoder
+            codes.append(idx.view(b, t))
+        quantized = x + (total - x).detach()  # straight-through once, on the sum
+        return QuantizerOutput(
+            quantized=quantized.permute(0, 2, 1),
+            codes=torch.stack(codes, dim=1),
+            commitment=commitment,
+            num_quantizers=active_n,
+        )
+
+    @torch.no_grad()
+    def encode(self, z: torch.Tensor, num_quantizers: Optional[int] = None) -> torch.Tensor:
+        """``z [B, D, T]`` → codes ``[B, N, T]`` without touching any statistics."""
+        n = self.num_quantizers if num_quantizers is None else num_quantizers
+        x = z.float().permute(0, 2, 1)
+        b, t, d = x.shape
+        residual = x.reshape(-1, d)
+        codes = []
+        for layer in self.layers[:n]:
+            idx = layer.encode(residual)
+            residual = residual - layer.decode(idx)
+            codes.append(idx.view(b, t))
+        return torch.stack(codes, dim=1)
+
+    def decode(self, codes: torch.Tensor) -> torch.Tensor:
+        """codes ``[B, n, T]`` (n ≤ N: the first n stages) → quantized latent ``[B, D, T]``."""
+        if codes.dim() != 3 or not 1 <= codes.shape[1] <= self.num_quantizers:
+            raise ValueError(f"codes must be [B, 1..{self.num_quantizers}, T], got {tuple(codes.shape)}")
+        if codes.numel() and (codes.min() < 0 or codes.max() >= self.codebook_size):
+            raise ValueError(f"codes must be in [0, {self.codebook_size}), got range [{int(codes.min())}, {int(codes.max())}]")
+        out = 0
+        for i in range(codes.shape[1]):
+            out = out + self.layers[i].decode(codes[:, i])  # [B, T, D]
+        return out.permute(0, 2, 1)
+
+    def cluster_sizes(self) -> torch.Tensor:
+        """EMA assignment counts ``[N, K]`` (for usage statistics without a host sync)."""
+        return torch.stack([layer.cluster_size for layer in self.layers])
+
+    def replacements(self) -> torch.Tensor:
+        """Codes revived in the last training step, per stage ``[N]``."""
+        return torch.stack([layer.replaced for layer in self.layers])
+
+    def stats(self) -> List[Dict[str, float]]:
+        """Per-stage usage/perplexity/entropy/dead count from the EMA statistics, plus replacements."""
+        dead_fraction = self.layers[0].dead_code_threshold if len(self.layers) else 0.0
+        out = usage_stats(self.cluster_sizes(), dead_fraction)
+        for s, r in zip(out, self.replacements().tolist()):
+            s["replacements"] = int(r)
+        return out

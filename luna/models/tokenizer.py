@@ -1,0 +1,286 @@
+"""SpeechTokenizer: audio → log-mel → encoder → RVQ codes → decoder → log-mel → vocoder → audio.
+
+The public API of luna (re-exported as ``luna.SpeechTokenizer``).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, Optional, Union
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from omegaconf import DictConfig, OmegaConf
+from torch import nn
+
+from luna import __version__
+from luna.audio import resample, to_mono
+from luna.config import ConfigError, ModelConfig, VocoderConfig, validate_mel, validate_model
+from luna.features import MelSpectrogram, mel_mismatches
+from luna.models.codec import Decoder, Encoder
+from luna.models.quantizer import ResidualVectorQuantizer
+from luna.serialization import CheckpointError, atomic_save, safe_load
+
+__all__ = ["SpeechTokenizer", "TokenizerOutput", "CheckpointError"]
+
+
+@dataclass
+class TokenizerOutput:
+    loss: torch.Tensor  # weighted sum of the terms below
+    losses: Dict[str, torch.Tensor]  # mel_l1, mel_mse, commitment (+ multiscale_mel): each unweighted
+    mel: torch.Tensor  # [B, n_mels, T] target log-mel
+    mel_hat: torch.Tensor  # [B, n_mels, T] reconstruction
+    codes: torch.Tensor  # [B, N, T / stride]
+    num_quantizers: torch.Tensor = field(default=None)  # [B] stages used per sample
+
+
+def _model_node(cfg: Any) -> DictConfig:
+    """A typed, resolved model config from a composed config, its ``model`` node, a dataclass or a dict."""
+    if isinstance(cfg, ModelConfig):
+        node = OmegaConf.structured(cfg)
+    else:
+        if isinstance(cfg, DictConfig):
+            cfg = OmegaConf.to_container(cfg, resolve=True)
+        node = OmegaConf.merge(OmegaConf.structured(ModelConfig), cfg)
+    validate_model(node)
+    return node
+
+
+def _vocoder_node(cfg: Any, model: DictConfig) -> DictConfig:
+    base = OmegaConf.structured(VocoderConfig)
+    if cfg is None:
+        return OmegaConf.merge(base, {"mel": model.mel})
+    if isinstance(cfg, DictConfig):
+        cfg = OmegaConf.to_container(cfg, resolve=True)
+    node = OmegaConf.merge(base, cfg)
+    validate_mel(node.mel, "vocoder.mel")
+    return node
+
+
+def check_mel_pair(model_mel: Any, vocoder_mel: Any) -> None:
+    """A tokenizer and vocoder must share one mel convention; one error lists every differing field."""
+    diff = mel_mismatches(model_mel, vocoder_mel)
+    if diff:
+        fields_ = "; ".join(f"{k}: tokenizer={a!r} vocoder={b!r}" for k, a, b in diff)
+        raise ConfigError(f"vocoder.mel: the vocoder's mel convention differs from the tokenizer's ({fields_})")
+
+
+class SpeechTokenizer(nn.Module):
+    """Mel-RVQ speech tokenizer. ``tokenize`` → ``LongTensor [B, N, T]``; ``detokenize`` → audio at model rate."""
+
+    def __init__(self, model: Any = None, vocoder: Any = None):
+        super().__init__()
+        model_cfg = _model_node(model if model is not None else ModelConfig())
+        vocoder_cfg = _vocoder_node(vocoder, model_cfg)
+        check_mel_pair(model_cfg.mel, vocoder_cfg.mel)
+        self.config = model_cfg
+        self.vocoder_config = vocoder_cfg
+        m = model_cfg
+        dim = m.codebook_dim or m.hidden
+        self.mel = MelSpectrogram(m.mel)
+        self.encoder = Encoder(m.mel.n_mels, m.hidden, dim, m.encoder_stride, m.res_blocks)
+        self.quantizer = ResidualVectorQuantizer(
+            dim,
+            m.codebook_size,
+            m.num_quantizers,
+            decay=m.ema_decay,
+            kmeans_iters=m.kmeans_iters,
+            dead_code_threshold=m.dead_code_threshold,
+            revival_grace_steps=m.revival_grace_steps,
+            quantizer_dropout=m.quantizer_dropout,
+        )
+        self.decoder = Decoder(m.mel.n_mels, m.hidden, dim, m.encoder_stride, m.res_blocks)
+        # log-mel lies in [log(floor), ~0]: a fixed affine maps it to about [-1, 1] for the convs
+        self._offset = math.log(m.mel.log_floor) / 2
+        self._scale = -math.log(m.mel.log_floor) / 2
+        object.__setattr__(self, "_vocoder", None)  # not a submodule: never in the tokenizer's state dict
+
+    # ---- construction -------------------------------------------------------------------------
+    @classmethod
+    def from_config(cls, cfg: Any) -> "SpeechTokenizer":
+        """From a composed train/eval config (uses its ``model`` and ``vocoder``) or a model node."""
+        if isinstance(cfg, (DictConfig, dict)) and "model" in cfg:
+            return cls(cfg["model"], cfg.get("vocoder"))
+        return cls(cfg)
+
+    @classmethod
+    def from_checkpoint(cls, path: Union[str, Path], map_location: Any = "cpu", vocoder: Any = None) -> "SpeechTokenizer":
+        """Rebuild from the config stored in a tokenizer or trainer checkpoint, then load its weights."""
+        ckpt = safe_load(path, map_location)
+        if not isinstance(ckpt, dict) or "model" not in ckpt or "config" not in ckpt:
+            raise CheckpointError(f"{path}: not a luna tokenizer checkpoint (needs 'model' and 'config')")
+        config = ckpt["config"]
+        model_cfg = config.get("model", config) if isinstance(config, dict) else config
+        try:
+            tok = cls(model_cfg, vocoder if vocoder is not None else config.get("vocoder"))
+        except (ConfigError, TypeError, ValueError) as e:
+            raise CheckpointError(f"{path}: incompatible config: {e}") from None
+        tok._load_state(ckpt["model"], path)
+        return tok.to(map_location) if isinstance(map_location, (str, torch.device)) else tok
+
+    def _load_state(self, state: Dict[str, torch.Tensor], path: Any) -> None:
+        try:
+            self.load_state_dict(state)
+        except RuntimeError as e:
+            raise CheckpointError(f"{path}: weights do not fit this model: {' '.join(str(e).split())[:300]}") from None
+
+    def save_checkpoint(self, path: Union[str, Path]) -> None:
+        """Weights + resolved config + version, atomically; loadable with ``weights_only=True``."""
+        atomic_save(
+            {
+                "model": self.state_dict(),
+                "config": {
+                    "model": OmegaConf.to_container(self.config, resolve=True),
+                    "vocoder": OmegaConf.to_container(self.vocoder_config, resolve=True),
+                },
+                "luna_version": __version__,
+            },
+            path,
+        )
+
+    def load_checkpoint(self, path: Union[str, Path]) -> "SpeechTokenizer":
+        ckpt = safe_load(path, map_location=self.device)
+        if not isinstance(ckpt, dict) or "model" not in ckpt:
+            raise CheckpointError(f"{path}: not a luna checkpoint (no 'model' entry)")
+        self._load_state(ckpt["model"], path)
+        return self
+
+    # ---- properties -----------------------------------------------------------------------------
+    @property
+    def device(self) -> torch.device:
+        return next(self.parameters()).device
+
+    @property
+    def sample_rate(self) -> int:
+        return int(self.config.mel.sample_rate)
+
+    @property
+    def samples_per_token(self) -> int:
+        return int(self.config.mel.hop_length * self.config.encoder_stride)
+
+    @property
+    def frame_rate(self) -> float:
+        """Tokens per second (per quantizer)."""
+        return self.sample_rate / self.samples_per_token
+
+    @property
+    def num_quantizers(self) -> int:
+        return int(self.config.num_quantizers)
+
+    @property
+    def codebook_size(self) -> int:
+        return int(self.config.codebook_size)
+
+    @property
+    def bitrate(self) -> float:
+        """Bits per second at all quantizers: tokens/s × N × log2(K)."""
+        return self.frame_rate * self.num_quantizers * math.log2(self.codebook_size)
+
+    # ---- model ----------------------------------------------------------------------------------
+    def encode_mel(self, mel: torch.Tensor) -> torch.Tensor:
+        return self.encoder((mel - self._offset) / self._scale)
+
+    def decode_latent(self, z: torch.Tensor, frames: int) -> torch.Tensor:
+        """Latent ``[B, D, T']`` → log-mel ``[B, n_mels, frames]`` (cropped or edge-padded to exactly ``frames``)."""
+        mel = self.decoder(z) * self._scale + self._offset
+        t = mel.shape[-1]
+        if t > frames:
+            mel = mel[..., :frames]
+        elif t < frames:
+            mel = F.pad(mel, (0, frames - t), mode="replicate")
+        return mel
+
+    def forward(
+        self,
+        audio: torch.Tensor,
+        lengths: Optional[torch.Tensor] = None,
+        num_quantizers: Optional[int] = None,
+    ) -> TokenizerOutput:
+        """Audio ``[B, S]`` at the model rate → reconstruction and named losses.
+
+        ``lengths [B]`` (valid samples) masks padded frames out of the mel losses.
+        """
+        mel = self.mel(audio)  # [B, M, T]
+        return self.forward_mel(mel, lengths, num_quantizers)
+
+    def forward_mel(self, mel: torch.Tensor, lengths: Optional[torch.Tensor] = None, num_quantizers: Optional[int] = None) -> TokenizerOutput:
+        q = self.quantizer(self.encode_mel(mel), num_quantizers)
+        mel_hat = self.decode_latent(q.quantized, mel.shape[-1])
+        mel_f, hat_f = mel.float(), mel_hat.float()
+        if lengths is not None:
+            frames = (lengths.to(mel.device) // self.config.mel.hop_length).clamp(min=1)
+            mask = (torch.arange(mel.shape[-1], device=mel.device)[None, :] < frames[:, None]).float()[:, None, :]
+        else:
+            mask = torch.ones_like(mel_f[:, :1, :])
+        denom = (mask.sum() * mel.shape[1]).clamp(min=1)
+        diff = (hat_f - mel_f) * mask
+        losses = {
+            "mel_l1": diff.abs().sum() / denom,
+            "mel_mse": diff.pow(2).sum() / denom,
+            "commitment": q.commitment,
+        }
+        w = self.config.loss
+        if w.multiscale_mel > 0:
+            ms = 0.0
+            for k in (2, 4):
+                ms = ms + (F.avg_pool1d(hat_f * mask, k) - F.avg_pool1d(mel_f * mask, k)).abs().mean()
+            losses["multiscale_mel"] = ms / 2
+        loss = w.mel_l1 * losses["mel_l1"] + w.mel_mse * losses["mel_mse"] + w.commitment * losses["commitment"]
+        if "multiscale_mel" in losses:
+            loss = loss + w.multiscale_mel * losses["multiscale_mel"]
+        return TokenizerOutput(loss, losses, mel, mel_hat, q.codes, q.num_quantizers)
+
+    # ---- public API -----------------------------------------------------------------------------
+    def prepare_audio(self, audio: Any, sample_rate: int) -> torch.Tensor:
+        """Any shape/rate/dtype → mono ``[B, S]`` float at the model rate, zero-padded to whole tokens."""
+        if isinstance(audio, np.ndarray):
+            audio = torch.from_numpy(np.ascontiguousarray(audio))
+        if not torch.is_tensor(audio):
+            raise TypeError(f"audio must be a tensor or numpy array, got {type(audio).__name__}")
+        x = to_mono(audio.float()).to(self.device)
+        x = resample(x, int(sample_rate), self.sample_rate)
+        pad = (-x.shape[-1]) % self.samples_per_token
+        if pad or x.shape[-1] == 0:
+            x = F.pad(x, (0, pad if x.shape[-1] else self.samples_per_token))
+        return x
+
+    @torch.no_grad()
+    def tokenize(self, audio: Any, sample_rate: int, num_quantizers: Optional[int] = None) -> torch.Tensor:
+        """Audio ``[S]``, ``[B, S]`` or ``[B, C, S]`` at any rate → codes ``LongTensor [B, N, T]``.
+
+        T = ceil(S' / samples_per_token) where S' is the length at the model rate (= ceil(seconds × frame_rate)).
+        """
+        x = self.prepare_audio(audio, sample_rate)
+        return self.quantizer.encode(self.encode_mel(self.mel(x)), num_quantizers)
+
+    @torch.no_grad()
+    def decode_mel(self, codes: torch.Tensor) -> torch.Tensor:
+        """codes ``[B, n, T]`` → log-mel ``[B, n_mels, T × encoder_stride]``."""
+        codes = codes.to(self.device).long()
+        return self.decode_latent(self.quantizer.decode(codes), codes.shape[-1] * self.config.encoder_stride)
+
+    @property
+    def vocoder(self) -> nn.Module:
+        if self._vocoder is None:
+            from luna.models.vocoder import build_vocoder
+
+            self.set_vocoder(build_vocoder(self.vocoder_config, model_mel=self.config.mel))
+        return self._vocoder
+
+    def set_vocoder(self, vocoder: nn.Module) -> None:
+        """Use ``vocoder`` (``.mel`` must match the tokenizer's convention) for ``detokenize``."""
+        if getattr(vocoder, "mel", None) is not None:
+            check_mel_pair(self.config.mel, vocoder.mel)
+        object.__setattr__(self, "_vocoder", vocoder.to(self.device).eval())
+
+    @torch.no_grad()
+    def vocode(self, mel: torch.Tensor) -> torch.Tensor:
+        """log-mel ``[B, n_mels, T]`` → audio ``[B, T × hop]`` with the configured vocoder."""
+        return self.vocoder(mel.to(self.device))
+
+    @torch.no_grad()
+    def detokenize(self, codes: torch.Tensor) -> torch.Tensor:
+        """codes ``[B, n, T]`` → audio ``[B, T × samples_per_token]`` at ``sample_rate``."""
+        return self.vocode(self.decode_mel(codes))

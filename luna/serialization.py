@@ -1,0 +1,49 @@
+"""Checkpoint files: atomic writes and pickle-free loading (``torch.load(weights_only=True)``)."""
+from __future__ import annotations
+
+import os
+import pickle
+import tempfile
+from pathlib import Path
+from typing import Any, Union
+
+import torch
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint that is missing, unsafe or incompatible; the message is one line naming the file."""
+
+
+def atomic_save(obj: Any, path: Union[str, Path]) -> None:
+    """Write to a temp file in the same dir, fsync, then rename: a crash leaves the old file intact."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+        dir_fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def safe_load(path: Union[str, Path], map_location: Any = "cpu") -> Any:
+    """Load a checkpoint without unpickling arbitrary objects; refuses anything that needs pickle."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no such checkpoint file")
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else "unsupported content"
+        raise CheckpointError(f"{path}: refused to load (holds objects that need pickle): {first}") from None
+    except (RuntimeError, EOFError, ValueError, OSError) as e:
+        raise CheckpointError(f"{path}: not a readable checkpoint ({' '.join(str(e).split())[:200]})") from None

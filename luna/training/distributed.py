@@ -1,0 +1,113 @@
+"""Launch-mode resolution: torchrun env → SLURM/submitit tasks → in-process spawn (hardware.gpus > 1) → single.
+
+Every rank gets the same output dir; rank 0 alone writes files and talks to trackers.
+"""
+from __future__ import annotations
+
+import datetime
+import logging
+import os
+import socket
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import torch
+import torch.distributed as dist
+
+log = logging.getLogger("luna.distributed")
+
+
+@dataclass
+class DistEnv:
+    rank: int = 0
+    local_rank: int = 0
+    world_size: int = 1
+    mode: str = "single"  # single | torchrun | slurm | spawn
+    device: torch.device = torch.device("cpu")
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
+
+
+def want_cuda(device: str) -> bool:
+    if device == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("hardware.device=cuda but no CUDA device is available (use hardware=cpu or hardware.device=auto)")
+    return device == "cuda" or (device == "auto" and torch.cuda.is_available())
+
+
+def launch_mode(gpus: int) -> str:
+    """Which launcher started (or should start) this process."""
+    if "RANK" in os.environ and "WORLD_SIZE" in os.environ:
+        return "torchrun"
+    if int(os.environ.get("SLURM_NTASKS", "1")) > 1 and "SLURM_PROCID" in os.environ:
+        return "slurm"
+    if gpus > 1:
+        return "spawn"
+    return "single"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def init(mode: str, device: str, rank: int = 0, world_size: int = 1) -> DistEnv:
+    """Join the process group for ``mode`` (gloo on CPU, nccl on CUDA) and pick this rank's device."""
+    if mode == "slurm":  # submitit sets MASTER_ADDR/PORT, RANK, WORLD_SIZE, LOCAL_RANK from the task env
+        import submitit
+
+        submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False)
+    if mode in ("torchrun", "slurm"):
+        rank, world_size = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+    local_rank = int(os.environ.get("LOCAL_RANK", rank if mode == "spawn" else 0))
+    cuda = want_cuda(device)
+    dev = torch.device("cuda", local_rank) if cuda else torch.device("cpu")
+    if cuda:
+        torch.cuda.set_device(dev)
+    if world_size > 1:
+        backend = "nccl" if cuda else "gloo"
+        dist.init_process_group(
+            backend, rank=rank, world_size=world_size, timeout=datetime.timedelta(minutes=30)
+        )
+        log.info("rank %d/%d joined (%s, %s, device %s)", rank, world_size, mode, backend, dev)
+    return DistEnv(rank=rank, local_rank=local_rank, world_size=world_size, mode=mode, device=dev)
+
+
+def spawn(fn: Callable[..., Any], nprocs: int, *args: Any) -> None:
+    """Run ``fn(rank, nprocs, *args)`` in ``nprocs`` local processes joined into one group (one Hydra job)."""
+    os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
+    os.environ["MASTER_PORT"] = str(free_port())
+    torch.multiprocessing.spawn(fn, args=(nprocs, *args), nprocs=nprocs, join=True)
+
+
+def cleanup() -> None:
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def barrier() -> None:
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+
+
+def all_reduce_mean(t: torch.Tensor) -> torch.Tensor:
+    if dist.is_available() and dist.is_initialized():
+        t = t.clone()
+        dist.all_reduce(t)
+        t /= dist.get_world_size()
+    return t
+
+
+def broadcast_flag(flag: bool, device: torch.device) -> bool:
+    """Rank 0's decision, on every rank (e.g. a wall-clock stop)."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return flag
+    t = torch.tensor([1 if flag else 0], device=device)
+    dist.broadcast(t, 0)
+    return bool(t.item())

@@ -1,0 +1,445 @@
+"""The training loop: plain PyTorch, one readable loop (nanoGPT-style), DDP from the environment.
+
+Exact resume: the learning rate is a function of the step, every micro-step reseeds torch from
+(seed, step, rank, micro-step), data crops are a function of (seed, epoch, index) and the loader skips the
+batches already consumed, so a run killed at any point and restarted from ``last.pt`` ends with the same
+weights as one never interrupted (CPU, fp32).
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import math
+import os
+import time
+from pathlib import Path
+from typing import Any, Dict, Optional
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+from torch.nn.parallel import DistributedDataParallel as DDP
+from tqdm import tqdm
+
+from luna import __version__
+from luna.config import ConfigError, to_container
+from luna.data import build_datasets, make_loader, prepare
+from luna.models.tokenizer import SpeechTokenizer
+from luna.training import distributed
+from luna.training.checkpoint import CheckpointManager, rng_state, set_rng_state
+from luna.training.loggers import Trackers, build_trackers
+from luna.training.schedule import lr_at
+
+log = logging.getLogger("luna.trainer")
+
+AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+class TrainingError(RuntimeError):
+    """Training cannot go on (e.g. too many non-finite losses in a row); the message says why."""
+
+
+def step_seed(seed: int, step: int, rank: int, micro: int) -> int:
+    return (seed * 1_000_003 + step * 1_009 + rank * 101 + micro) % (2**63 - 1)
+
+
+def global_batch_size(cfg: DictConfig, world_size: int) -> int:
+    """The global batch (``data.batch_size``, else ``hardware.batch_size`` per rank), checked divisible."""
+    gb = cfg.data.batch_size if cfg.data.batch_size is not None else cfg.hardware.batch_size * world_size
+    acc = cfg.trainer.accumulate
+    if gb % (world_size * acc):
+        raise ConfigError(
+            f"data.batch_size: the global batch {gb} must be divisible by world size {world_size} × "
+            f"trainer.accumulate {acc}"
+        )
+    return gb
+
+
+def mel_figure(mel: torch.Tensor, mel_hat: torch.Tensor):
+    """Original vs reconstructed log-mel, one above the other (matplotlib Agg)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(2, 1, figsize=(8, 5), sharex=True)
+    for ax, m, title in zip(axes, (mel, mel_hat), ("original", "reconstruction")):
+        ax.imshow(m.float().cpu().numpy(), origin="lower", aspect="auto", interpolation="nearest")
+        ax.set_title(title)
+    fig.tight_layout()
+    return fig
+
+
+class Trainer:
+    """Trains a :class:`SpeechTokenizer` on one rank of a (possibly single-process) job."""
+
+    def __init__(self, cfg: DictConfig, env: distributed.DistEnv):
+        self.cfg, self.env = cfg, env
+        self.out = Path(cfg.output_dir)
+        self.device = env.device
+        self.amp_dtype = AMP_DTYPES.get(cfg.hardware.precision)
+        if self.amp_dtype is not None and self.device.type == "cpu" and self.amp_dtype == torch.float16:
+            raise ConfigError("hardware.precision: fp16 needs a CUDA device (use bf16 or fp32 on CPU)")
+        t = cfg.trainer
+        self.accumulate = t.accumulate
+        self.global_batch = global_batch_size(cfg, env.world_size)
+        self.micro_batch = self.global_batch // (env.world_size * self.accumulate)
+
+        # data: rank 0 downloads and indexes first, the others then read its manifest
+        if env.is_main:
+            prepare(cfg.data)
+        distributed.barrier()
+        self.model = SpeechTokenizer.from_config(cfg).to(self.device)
+        self.train_ds, self.val_ds, self.data_info = build_datasets(cfg.data, self.model.sample_rate, cfg.seed)
+        self.num_workers = cfg.data.num_workers if cfg.data.num_workers is not None else cfg.hardware.num_workers
+        batches = len(self._loader(0, 0))
+        self.steps_per_epoch = batches // self.accumulate
+        if self.steps_per_epoch == 0:
+            raise ConfigError(
+                f"data.batch_size: {self.global_batch} is larger than the training set per rank "
+                f"({len(self.train_ds)} items, world size {env.world_size}); lower data.batch_size"
+            )
+        self.total_steps = self.steps_per_epoch * t.max_epochs
+        if t.max_steps > 0:
+            self.total_steps = min(self.total_steps, t.max_steps)
+
+        o = cfg.optimizer
+        self.base_lr = o.lr * cfg.hardware.lr_scale
+        self.optimizer = torch.optim.AdamW(
+            self.model.parameters(), lr=self.base_lr, betas=tuple(o.betas), weight_decay=o.weight_decay, eps=o.eps
+        )
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype == torch.float16)
+        self.ckpt = CheckpointManager(self.out / "checkpoints", cfg.checkpoint.keep_last)
+        self.step = self.epoch = self.batch_pos = 0
+        self.best = math.inf
+        self.elapsed_before = 0.0
+        self.first_val_loss: Optional[float] = None
+        self.bad_steps = 0
+        self.failed_items = 0
+        self._resume()
+        self.ddp = (
+            DDP(self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None, broadcast_buffers=False)
+            if env.distributed
+            else self.model
+        )
+        self.trackers: Optional[Trackers] = None
+
+    # ---- setup ----------------------------------------------------------------------------------
+    def _loader(self, epoch: int, start_batch: int, train: bool = True):
+        ds = self.train_ds if train else self.val_ds
+        return make_loader(
+            ds,
+            self.micro_batch,
+            train=train,
+            seed=self.cfg.seed,
+            epoch=epoch,
+            rank=self.env.rank,
+            world_size=self.env.world_size,
+            num_workers=self.num_workers,
+            start_batch=start_batch,
+            pin_memory=self.device.type == "cuda",
+        )
+
+    def _resume(self) -> None:
+        path = self.ckpt.resume_path(str(self.cfg.resume))
+        if path is None:
+            return
+        state = self.ckpt.load(path, map_location=self.device)
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        if state.get("scaler"):
+            self.scaler.load_state_dict(state["scaler"])
+        self.step, self.epoch, self.batch_pos = int(state["step"]), int(state["epoch"]), int(state["batch_pos"])
+        self.best = float(state["best"])
+        self.elapsed_before = float(state.get("elapsed", 0.0))
+        self.first_val_loss = state.get("first_val_loss")
+        set_rng_state(state["rng"])
+        log.info("resumed from %s at step %d (epoch %d, batch %d)", path, self.step, self.epoch, self.batch_pos)
+
+    def state(self) -> Dict[str, Any]:
+        return {
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scaler": self.scaler.state_dict() if self.scaler.is_enabled() else {},
+            "step": self.step,
+            "epoch": self.epoch,
+            "batch_pos": self.batch_pos,  # data position: micro-batches of `epoch` already consumed
+            "rng": rng_state(),
+            "best": self.best,
+            "first_val_loss": self.first_val_loss,
+            "elapsed": self.elapsed,
+            "config": to_container(self.cfg),
+            "luna_version": __version__,
+        }
+
+    @property
+    def elapsed(self) -> float:
+        return self.elapsed_before + (time.time() - self._t0)
+
+    def _autocast(self):
+        if self.amp_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=self.device.type, dtype=self.amp_dtype)
+
+    # ---- the loop -------------------------------------------------------------------------------
+    def fit(self) -> Dict[str, Any]:
+        cfg, env = self.cfg, self.env
+        self._t0 = time.time()
+        if env.is_main:
+            self.out.mkdir(parents=True, exist_ok=True)
+            OmegaConf.save(cfg, self.out / "config.yaml", resolve=True)
+            self.trackers = build_trackers(
+                cfg.logger, self.out, name=self.out.name or "run", group=cfg.logger.wandb.group, config=to_container(cfg)
+            )
+            m = self.model
+            log.info(
+                "training %s: %.1fM parameters, %d Hz, %.2f tokens/s, %d×%d codes = %.0f bps | data: %s | "
+                "world %d (%s, %s), global batch %d (micro %d × accumulate %d) | %d steps/epoch, %d steps",
+                cfg.model.name, sum(p.numel() for p in m.parameters()) / 1e6, m.sample_rate, m.frame_rate,
+                m.num_quantizers, m.codebook_size, m.bitrate, self.data_info, env.world_size, env.mode,
+                self.device, self.global_batch, self.micro_batch, self.accumulate, self.steps_per_epoch,
+                self.total_steps,
+            )
+        try:
+            result = self._loop()
+        finally:
+            if self.trackers is not None:
+                self.trackers.close()
+        return result
+
+    def _loop(self) -> Dict[str, Any]:
+        cfg, env, t = self.cfg, self.env, self.cfg.trainer
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        audio_per_step = cfg.data.segment_seconds * self.global_batch  # audio-seconds per optimizer step
+        sums: Dict[str, torch.Tensor] = {}
+        n_sums = 0
+        last_log_time, last_log_step = time.time(), self.step
+        grad_norm = torch.zeros((), device=self.device)
+        bar = tqdm(total=self.total_steps, initial=self.step, disable=not (env.is_main and t.progress),
+                   desc="train", mininterval=1.0 if os.isatty(2) else 30.0, dynamic_ncols=True)
+        stop = self.step >= self.total_steps
+        while not stop and self.epoch < t.max_epochs:
+            self.model.train()
+            loader = self._loader(self.epoch, self.batch_pos)
+            end = self.steps_per_epoch * self.accumulate
+            for i, batch in enumerate(loader, start=self.batch_pos):
+                if i >= end:
+                    break
+                micro = i % self.accumulate
+                torch.manual_seed(step_seed(cfg.seed, self.step, env.rank, micro))
+                audio = batch["audio"].to(self.device, non_blocking=True)
+                lengths = batch["length"].to(self.device, non_blocking=True)
+                self.failed_items += int(batch["failed"].sum())
+                sync = env.distributed and micro < self.accumulate - 1
+                with self.ddp.no_sync() if sync else contextlib.nullcontext():
+                    with self._autocast():
+                        out = self.ddp(audio, lengths)
+                    self.scaler.scale(out.loss / self.accumulate).backward()
+                for k, v in out.losses.items():
+                    sums[k] = sums.get(k, 0) + v.detach().float()
+                sums["loss"] = sums.get("loss", 0) + out.loss.detach().float()
+                n_sums += 1
+                self.batch_pos = i + 1
+                if micro < self.accumulate - 1:
+                    continue
+
+                # ---- optimizer step (skipped if anything is non-finite on any rank) ----
+                self.scaler.unscale_(self.optimizer)
+                grad_norm = torch.nn.utils.clip_grad_norm_(params, t.grad_clip if t.grad_clip > 0 else float("inf"))
+                finite = torch.isfinite(out.loss.detach()) & torch.isfinite(grad_norm)
+                finite = distributed.all_reduce_mean(finite.float()) == 1.0
+                lr = lr_at(self.step, self.base_lr, self.total_steps, cfg.optimizer.warmup_steps,
+                           cfg.optimizer.scheduler, cfg.optimizer.min_lr_ratio, cfg.optimizer.gamma,
+                           self.steps_per_epoch)
+                for g in self.optimizer.param_groups:
+                    g["lr"] = lr
+                if bool(finite) or self.scaler.is_enabled():
+                    self.scaler.step(self.optimizer)  # GradScaler itself skips fp16 overflow steps
+                    self.scaler.update()
+                    self.bad_steps = 0
+                else:
+                    self.bad_steps += 1
+                    log.warning("step %d: non-finite loss or gradient; step skipped (%d in a row)", self.step, self.bad_steps)
+                    if self.trackers:
+                        self.trackers.log_scalars({"train/skipped_step": 1.0}, self.step)
+                    if self.bad_steps >= t.max_bad_steps:
+                        raise TrainingError(
+                            f"{self.bad_steps} non-finite steps in a row (trainer.max_bad_steps={t.max_bad_steps}); "
+                            f"stopping. Last good checkpoint: {self.ckpt.last}. Lower optimizer.lr, use "
+                            f"hardware.precision=fp32, or check the data."
+                        )
+                self.optimizer.zero_grad(set_to_none=True)
+                self.step += 1
+                bar.update(1)
+
+                if self.step % cfg.logger.log_every_steps == 0 and env.is_main:
+                    now = time.time()
+                    steps = self.step - last_log_step
+                    scalars = {f"train/{k}": float(v) / n_sums for k, v in sums.items()}
+                    scalars["train/lr"] = lr
+                    scalars["train/grad_norm"] = float(grad_norm)
+                    scalars["train/audio_seconds_per_second"] = audio_per_step * steps / max(now - last_log_time, 1e-9)
+                    scalars["data/failed_items"] = float(self.failed_items)
+                    self._log_codebooks(scalars)
+                    self.trackers.log_scalars(scalars, self.step)
+                    bar.set_postfix(loss=f"{scalars['train/loss']:.3f}", x_rt=f"{scalars['train/audio_seconds_per_second']:.0f}")
+                    last_log_time, last_log_step = now, self.step
+                if self.step % cfg.logger.log_every_steps == 0:
+                    sums, n_sums = {}, 0
+
+                if t.val_every_steps and self.step % t.val_every_steps == 0 and self.batch_pos < end:
+                    self._validate(log_media=False)
+                if cfg.checkpoint.every_steps and self.step % cfg.checkpoint.every_steps == 0 and self.batch_pos < end:
+                    self._save("last.pt")
+                timed_out = False
+                if t.max_minutes > 0:  # rank 0's clock decides for every rank
+                    timed_out = distributed.broadcast_flag((time.time() - self._t0) / 60 >= t.max_minutes, self.device)
+                if self.step >= self.total_steps or timed_out:
+                    stop = True
+                    break
+            if self.batch_pos >= end:  # epoch finished
+                self.epoch += 1
+                self.batch_pos = 0
+                self._validate(log_media=True)
+                self._save("last.pt")
+                if cfg.checkpoint.every_epochs and self.epoch % cfg.checkpoint.every_epochs == 0 and self.env.is_main:
+                    self.ckpt.save_epoch(self.state(), self.epoch)
+            elif stop:  # stopped mid-epoch (max_steps or wall clock): keep the position
+                self._validate(log_media=True)
+                self._save("last.pt")
+        bar.close()
+        if self.failed_items and env.is_main:
+            log.warning("skipped %d unreadable audio items during training (see warnings above for the files)", self.failed_items)
+        return self._metrics()
+
+    # ---- validation, checkpoints, metrics -------------------------------------------------------
+    @torch.no_grad()
+    def _validate(self, log_media: bool) -> float:
+        self.model.eval()
+        totals = torch.zeros(3, device=self.device, dtype=torch.float64)  # loss·n, mel_l1·n, n
+        first = None
+        for batch in self._loader(0, 0, train=False):
+            audio = batch["audio"].to(self.device)
+            lengths = batch["length"].to(self.device)
+            with self._autocast():
+                out = self.model(audio, lengths)
+            n = audio.shape[0]
+            totals += torch.stack([out.loss.double() * n, out.losses["mel_l1"].double() * n, torch.tensor(float(n), device=self.device, dtype=torch.float64)])
+            if first is None:
+                first = out
+        if self.env.distributed:
+            torch.distributed.all_reduce(totals)
+        self.model.train()
+        val_loss = float(totals[0] / totals[2].clamp(min=1))
+        val_mel = float(totals[1] / totals[2].clamp(min=1))
+        if self.first_val_loss is None:
+            self.first_val_loss = val_loss
+        improved = val_loss < self.best
+        if improved:
+            self.best = val_loss
+        if self.env.is_main:
+            log.info("step %d epoch %d: val loss %.4f, val mel L1 %.4f%s", self.step, self.epoch, val_loss, val_mel,
+                     " (best)" if improved else "")
+            self.last_val = {"val_loss": val_loss, "val_mel_l1": val_mel}
+            scalars = {"val/loss": val_loss, "val/mel_l1": val_mel}
+            self.trackers.log_scalars(scalars, self.step)
+            if log_media and first is not None and self.cfg.logger.audio_samples > 0:
+                self._log_media(first)
+            self._write_metrics()
+        if improved:
+            self._save("best.pt")
+        return val_loss
+
+    def _log_media(self, out) -> None:
+        import matplotlib.pyplot as plt
+
+        for j in range(min(self.cfg.logger.audio_samples, out.mel.shape[0])):
+            fig = mel_figure(out.mel[j], out.mel_hat[j])
+            self.trackers.log_figure(f"val/mel_{j}", fig, self.step)
+            plt.close(fig)
+            try:
+                audio = self.model.vocode(out.mel_hat[j : j + 1].float())[0].cpu().numpy()
+                self.trackers.log_audio(f"val/reconstruction_{j}", audio, self.model.sample_rate, self.step)
+            except Exception as e:  # noqa: BLE001 - a missing vocoder must not stop training
+                log.warning("no audio sample logged (vocoder unavailable: %s)", e)
+                return
+
+    def _log_codebooks(self, scalars: Dict[str, float]) -> None:
+        t = self.cfg.trainer
+        for i, s in enumerate(self.model.quantizer.stats()):
+            scalars[f"codebook/q{i}_usage"] = s["usage"]
+            scalars[f"codebook/q{i}_perplexity"] = s["perplexity"]
+            scalars[f"codebook/q{i}_replacements"] = float(s["replacements"])
+            if s["usage"] < t.alarm_usage or s["perplexity"] < t.alarm_perplexity:
+                msg = (f"codebook alarm: quantizer {i} uses {s['usage']:.1%} of {self.model.codebook_size} codes, "
+                       f"perplexity {s['perplexity']:.1f} (alarm below usage {t.alarm_usage:.1%} or perplexity "
+                       f"{t.alarm_perplexity}); {s['replacements']} codes replaced this step")
+                log.warning("step %d: %s", self.step, msg)
+                self.trackers.log_text("codebook/alarm", msg, self.step)
+                scalars[f"codebook/q{i}_alarm"] = 1.0
+
+    def _save(self, name: str) -> None:
+        if self.env.is_main:
+            self.ckpt.save(self.state(), name)
+
+    def _metrics(self) -> Dict[str, Any]:
+        m = self.model
+        return {
+            "best_val_loss": self.best,
+            "first_val_loss": self.first_val_loss,
+            **getattr(self, "last_val", {}),
+            "step": self.step,
+            "epoch": self.epoch,
+            "elapsed_seconds": self.elapsed,
+            "codebooks": m.quantizer.stats(),
+            "tokens_per_second": m.frame_rate,
+            "bitrate_bps": m.bitrate,
+            "failed_items": self.failed_items,
+            "output_dir": str(self.out),
+        }
+
+    def _write_metrics(self) -> None:
+        tmp = self.out / "metrics.json.tmp"
+        tmp.write_text(json.dumps(self._metrics(), indent=2))
+        os.replace(tmp, self.out / "metrics.json")
+
+
+def _configure_threads(cfg: DictConfig, env: distributed.DistEnv) -> None:
+    threads = cfg.hardware.threads
+    if threads is None and env.device.type == "cpu" and env.mode == "spawn":
+        threads = max(1, (os.cpu_count() or 1) // env.world_size)  # ranks share this machine's cores
+    if threads:
+        torch.set_num_threads(int(threads))
+
+
+def run_rank(cfg: DictConfig, mode: str, rank: int = 0, world_size: int = 1) -> Dict[str, Any]:
+    env = distributed.init(mode, cfg.hardware.device, rank, world_size)
+    try:
+        _configure_threads(cfg, env)
+        if cfg.trainer.deterministic:
+            torch.use_deterministic_algorithms(True, warn_only=True)
+        return Trainer(cfg, env).fit()
+    finally:
+        distributed.cleanup()
+
+
+def _spawned(rank: int, world_size: int, cfg_dict: Dict[str, Any]) -> None:
+    cfg = OmegaConf.create(cfg_dict)
+    level = logging.INFO if rank == 0 else logging.WARNING
+    logging.basicConfig(level=level, format=f"[%(asctime)s][rank {rank}][%(name)s][%(levelname)s] - %(message)s")
+    if rank == 0:
+        fh = logging.FileHandler(Path(cfg.output_dir) / "train.log")
+        fh.setFormatter(logging.Formatter("[%(asctime)s][%(name)s][%(levelname)s] - %(message)s"))
+        logging.getLogger().addHandler(fh)
+    run_rank(cfg, "spawn", rank, world_size)
+
+
+def train(cfg: DictConfig) -> Dict[str, Any]:
+    """Train with whatever launch mode the environment and ``hardware.gpus`` call for."""
+    mode = distributed.launch_mode(cfg.hardware.gpus)
+    if mode == "spawn":
+        Path(cfg.output_dir).mkdir(parents=True, exist_ok=True)
+        distributed.spawn(_spawned, cfg.hardware.gpus, to_container(cfg))
+        metrics = Path(cfg.output_dir) / "metrics.json"
+        return json.loads(metrics.read_text()) if metrics.is_file() else {}
+    return run_rank(cfg, mode)
