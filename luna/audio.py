@@ -63,13 +63,38 @@ def _resampler(orig: int, new: int) -> torchaudio.transforms.Resample:
     return torchaudio.transforms.Resample(orig, new)  # kernel built once per rate pair
 
 
+@functools.lru_cache(maxsize=64)
+def _polyphase(orig: int, new: int, device: torch.device) -> Tuple[torch.Tensor, int, int, int]:
+    """torchaudio's kernel ``[new', 1, K]`` regrouped as ``[new', orig', ceil(K/orig')]`` (zero taps appended),
+    cached per device: the shared CPU module is never moved, so callers on different devices cannot race."""
+    r = _resampler(orig, new)
+    g = math.gcd(orig, new)
+    o = orig // g
+    k = r.kernel[:, 0, :]  # [new', K], K = 2 * width + o
+    taps = -(-k.shape[1] // o)
+    k = torch.nn.functional.pad(k, (0, taps * o - k.shape[1]))
+    return k.view(k.shape[0], taps, o).transpose(1, 2).contiguous().to(device), r.width, o, new // g
+
+
 def resample(wav: torch.Tensor, orig: int, new: int) -> torch.Tensor:
-    """Resample along the last axis with a cached windowed-sinc kernel."""
+    """Resample along the last axis with torchaudio's cached windowed-sinc kernel (float32 out).
+
+    Same result as ``torchaudio.transforms.Resample`` (to float rounding), computed as a stride-1
+    polyphase convolution: the strided single-channel conv it replaces is ~3x slower on CPU, and the
+    data pipeline resamples every training crop.
+    """
     if orig == new:
         return wav
-    r = _resampler(int(orig), int(new))
-    r = r.to(wav.device)
-    return r(wav.float())
+    kernel, width, o, n = _polyphase(int(orig), int(new), wav.device)
+    shape = wav.shape
+    x = wav.float().reshape(-1, shape[-1])  # [B, L]
+    length = x.shape[-1]
+    blocks = -(-(length + 2 * width + o) // o) + kernel.shape[-1]  # input blocks of o samples
+    x = torch.nn.functional.pad(x, (width, blocks * o - length - width))  # [B, blocks * o]
+    x = x.view(x.shape[0], blocks, o).transpose(1, 2)  # [B, o, blocks]: phase p = samples p, p+o, ...
+    y = torch.nn.functional.conv1d(x, kernel)  # [B, n, blocks - taps + 1]
+    y = y.transpose(1, 2).reshape(x.shape[0], -1)[:, : -(-n * length // o)]
+    return y.reshape(shape[:-1] + y.shape[-1:])
 
 
 def to_mono(audio: torch.Tensor) -> torch.Tensor:

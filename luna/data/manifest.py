@@ -194,8 +194,10 @@ def _scan(base: Path, root: Path) -> Tuple[List[str], str]:
 def _probe(path: Path):
     """(frames, sample_rate, channels), or the reason the file is unusable."""
     try:
+        if path.stat().st_size == 0:
+            return "empty file (0 bytes)"
         frames, sr, channels = info(path)
-    except AudioError as e:
+    except (AudioError, OSError) as e:
         return str(e)
     if frames <= 0:
         return "no audio samples (0 frames)"

@@ -91,15 +91,18 @@ def mel_l1_from_mels(mel_ref: torch.Tensor, mel_est: torch.Tensor) -> MetricResu
 
 def stft_distance(
     ref: Signal, est: Signal, resolutions: Sequence[Tuple[int, int, int]] = STFT_RESOLUTIONS
-) -> float:
+) -> MetricResult:
     """Multi-resolution STFT distance, averaged over resolutions (lower is better, 0 for identical signals).
 
     For each (n_fft, hop, win) with a Hann window, centred frames and zero padding (so any length works):
     spectral convergence ``||S_ref| - |S_est||_F / ||S_ref||_F`` plus log-magnitude L1
     ``mean|log(|S_ref| + 1e-7) - log(|S_est| + 1e-7)|``; the sum of the two is averaged over resolutions
     (Yamamoto et al., Parallel WaveGAN, 2020; the auxiliary loss used by DAC/EnCodec-style codecs).
+    Undefined for a silent reference (spectral convergence divides by its norm).
     """
     r, e = _pair(ref, est)
+    if _silent(r):
+        return MetricResult(None, "reference is silent (spectral convergence undefined)")
     total = 0.0
     for n_fft, hop, win in resolutions:
         window = torch.hann_window(win, dtype=torch.float64)
@@ -107,10 +110,10 @@ def stft_distance(
             torch.stft(x, n_fft, hop, win, window, center=True, pad_mode="constant", return_complex=True).abs()
             for x in (r, e)
         ]
-        sc = torch.linalg.norm(spec[0] - spec[1]) / torch.linalg.norm(spec[0]).clamp_min(1e-12)
+        sc = torch.linalg.norm(spec[0] - spec[1]) / torch.linalg.norm(spec[0])
         log_l1 = (torch.log(spec[0] + 1e-7) - torch.log(spec[1] + 1e-7)).abs().mean()
         total += float(sc + log_l1)
-    return total / len(resolutions)
+    return MetricResult(total / len(resolutions))
 
 
 def si_sdr(ref: Signal, est: Signal) -> MetricResult:
@@ -196,10 +199,10 @@ def compute_all(
         "mae": mae(ref, est),
         "peak_original": peak(ref),
         "peak_reconstructed": peak(est),
-        "stft_distance": stft_distance(ref, est),
     }
     reasons: Dict[str, str] = {}
     results = {
+        "stft_distance": stft_distance(ref, est),
         "si_sdr": si_sdr(ref, est),
         "stoi": stoi(ref, est, sample_rate),
         "pesq_wb": pesq_wb(ref, est, sample_rate),

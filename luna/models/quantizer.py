@@ -5,7 +5,8 @@ Rules (DESIGN.md §3), each covered by a test:
   at once) can never be undone by the same step's EMA update (audiocraft overwrites its revival).
 - k-means init on the first training batch, on data gathered from every rank, broadcast from rank 0.
 - Dead codes (EMA usage below ``dead_code_threshold`` × uniform usage, a batch-size-free fraction) are
-  revived from the worst-quantized vectors of the batch and get a grace period, so revival settles.
+  revived from the worst-quantized vectors of the batch and get a grace period that doubles each time the
+  same code dies again, so revival settles instead of cycling forever.
 - Stage i+1 quantizes ``residual_i - sg(q_i)``: the commitment loss of every stage reaches the encoder
   (encodec #25); the straight-through estimator is applied once, on the sum.
 - EMA statistics are all-reduced across ranks every step; all quantizer math runs in fp32.
@@ -54,19 +55,31 @@ def usage_stats(counts: torch.Tensor, dead_fraction: float = 0.0) -> List[Dict[s
 
 
 def kmeans(x: torch.Tensor, k: int, iters: int, generator: torch.Generator) -> torch.Tensor:
-    """Plain Lloyd k-means on ``x [M, D]`` → centroids ``[k, D]``; empty clusters re-seeded from data."""
+    """k-means++ seeding then Lloyd iterations on ``x [M, D]`` → centroids ``[k, D]``.
+
+    With fewer vectors than codes the extra codes repeat data points (revival spreads them out later);
+    empty clusters keep their previous centroid.
+    """
     m = x.shape[0]
-    idx = torch.randperm(m, generator=generator, device="cpu")[: min(k, m)].to(x.device)
-    centroids = x[idx]
-    if m < k:  # fewer vectors than codes: repeat data points (revival spreads them out later)
-        extra = torch.randint(0, m, (k - m,), generator=generator, device="cpu").to(x.device)
-        centroids = torch.cat([centroids, x[extra]])
+    if m <= k:
+        extra = torch.randint(0, m, (k - m,), generator=generator).to(x.device)
+        return torch.cat([x, x[extra]])
+    first = int(torch.randint(0, m, (1,), generator=generator))
+    centroids = [x[first]]
+    d2 = (x - x[first]).pow(2).sum(1)  # [M] squared distance to the nearest chosen centroid
+    u = torch.rand(k, generator=generator).to(x.device, torch.float64)
+    for i in range(1, k):  # D² sampling by inverse CDF (no host sync per draw)
+        cdf = torch.cumsum(d2.double(), 0)
+        j = torch.searchsorted(cdf, (u[i] * cdf[-1]).reshape(1)).clamp(max=m - 1)
+        c = x[j[0]]
+        centroids.append(c)
+        d2 = torch.minimum(d2, (x - c).pow(2).sum(1))
+    centroids = torch.stack(centroids)
     for _ in range(iters):
         assign = _nearest(x, centroids)
         sums = torch.zeros_like(centroids).index_add_(0, assign, x)
         counts = torch.bincount(assign, minlength=k).to(x.dtype)
-        empty = counts == 0
-        centroids = torch.where(empty[:, None], centroids, sums / counts.clamp(min=1)[:, None])
+        centroids = torch.where((counts == 0)[:, None], centroids, sums / counts.clamp(min=1)[:, None])
     return centroids
 
 
@@ -96,6 +109,7 @@ class EMACodebook(nn.Module):
         self.register_buffer("embed_sum", torch.randn(codebook_size, dim))  # Σ of assigned vectors (EMA)
         self.register_buffer("cluster_size", torch.ones(codebook_size))  # assignment counts (EMA)
         self.register_buffer("grace", torch.zeros(codebook_size, dtype=torch.long))  # steps left unjudged
+        self.register_buffer("revivals", torch.zeros(codebook_size, dtype=torch.long))  # times each code was revived
         self.register_buffer("initialized", torch.zeros((), dtype=torch.bool))
         self.register_buffer("replaced", torch.zeros((), dtype=torch.long))  # codes revived in the last step
 
@@ -136,20 +150,23 @@ class EMACodebook(nn.Module):
     @torch.no_grad()
     def update(self, x: torch.Tensor, codes: torch.Tensor) -> None:
         """EMA update from this batch (all-reduced over ranks), then dead-code revival."""
+        finite = torch.isfinite(x).all().float()  # a non-finite batch (any rank) leaves the codebook as it was
         counts = torch.bincount(codes, minlength=self.codebook_size).float()  # [K]
-        sums = torch.zeros_like(self.embed_sum).index_add_(0, codes, x)  # [K, D]
+        sums = torch.zeros_like(self.embed_sum).index_add_(0, codes, torch.nan_to_num(x))  # [K, D]
         if _distributed():
             dist.all_reduce(counts)
             dist.all_reduce(sums)
-        self.cluster_size.mul_(self.decay).add_(counts, alpha=1 - self.decay)
-        self.embed_sum.mul_(self.decay).add_(sums, alpha=1 - self.decay)
+            dist.all_reduce(finite, op=dist.ReduceOp.MIN)
+        decay = 1 - (1 - self.decay) * finite  # 1.0 (no change) when not finite
+        self.cluster_size.mul_(decay).add_(counts * (1 - decay))
+        self.embed_sum.mul_(decay).add_(sums * (1 - decay))
         self.grace.sub_(1).clamp_(min=0)
-        self.revive(x, codes)
+        self.revive(x, codes, finite)
 
     @torch.no_grad()
-    def revive(self, x: torch.Tensor, codes: torch.Tensor) -> None:
+    def revive(self, x: torch.Tensor, codes: torch.Tensor, finite: torch.Tensor) -> None:
         """Replace dead codes by the batch vectors this codebook quantizes worst (identical on all ranks)."""
-        dead = self.dead_mask()
+        dead = self.dead_mask() & (finite > 0)
         n_dead = int(dead.sum())  # identical on every rank: the statistics were all-reduced
         self.replaced.fill_(n_dead)
         if n_dead == 0:
@@ -162,9 +179,12 @@ class EMACodebook(nn.Module):
             dead_idx = dead.nonzero().squeeze(1)
             self.cluster_size[dead_idx] = share
             self.embed_sum[dead_idx] = x[picks] * share
-            self.grace[dead_idx] = self.revival_grace_steps
+            # a code that died again gets twice the grace each time: revival settles instead of cycling
+            backoff = torch.pow(2, self.revivals[dead_idx].clamp(max=10))
+            self.grace[dead_idx] = self.revival_grace_steps * backoff
+            self.revivals[dead_idx] += 1
         if _distributed():
-            for buf in (self.cluster_size, self.embed_sum, self.grace):
+            for buf in (self.cluster_size, self.embed_sum, self.grace, self.revivals):
                 dist.broadcast(buf, 0)
 
 
@@ -173,6 +193,7 @@ class QuantizerOutput:
     quantized: torch.Tensor  # [B, D, T] straight-through sum of the active stages
     codes: torch.Tensor  # [B, N, T] long
     commitment: torch.Tensor  # scalar: Σ over stages of the mean squared residual-to-code distance
+    stage_commitment: torch.Tensor  # [n] the same per stage (each reaches the encoder output)
     num_quantizers: torch.Tensor  # [B] stages used per sample (quantizer dropout)
 
 
@@ -221,7 +242,7 @@ class ResidualVectorQuantizer(nn.Module):
         x = z.permute(0, 2, 1)  # [B, T, D]
         residual = x
         total = torch.zeros_like(x)
-        commitment = x.new_zeros(())
+        stage_terms = []
         codes = []
         for i, layer in enumerate(self.layers[:n]):
             flat = residual.reshape(-1, d)
@@ -233,15 +254,17 @@ class ResidualVectorQuantizer(nn.Module):
                 layer.update(flat.detach(), idx)
             mask = (active_n > i).to(x.dtype)[:, None, None]  # [B, 1, 1] stage used by this sample
             per_sample = (residual - q.detach()).pow(2).mean(dim=(1, 2))  # [B]
-            commitment = commitment + (per_sample * mask[:, 0, 0]).sum() / mask.sum().clamp(min=1)
+            stage_terms.append((per_sample * mask[:, 0, 0]).sum() / mask.sum().clamp(min=1))
             total = total + q.detach() * mask
             residual = residual - q.detach()  # detached: stage i+1's commitment reaches the encoder
             codes.append(idx.view(b, t))
         quantized = x + (total - x).detach()  # straight-through once, on the sum
+        stage_commitment = torch.stack(stage_terms)
         return QuantizerOutput(
             quantized=quantized.permute(0, 2, 1),
             codes=torch.stack(codes, dim=1),
-            commitment=commitment,
+            commitment=stage_commitment.sum(),
+            stage_commitment=stage_commitment,
             num_quantizers=active_n,
         )
 

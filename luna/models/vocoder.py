@@ -656,6 +656,7 @@ class HiFiGANVocoder(Vocoder):
             )
         generator.remove_weight_norm()
         self.generator = _freeze(generator)
+        self.eval()
 
     def forward(self, log_mel: torch.Tensor) -> torch.Tensor:
         self._check_input(log_mel)

@@ -110,10 +110,8 @@ def official_file(tmp_path: Path, h: dict, num_mels: int, seed: int = 0, **extra
     torch.manual_seed(seed)
     sd = to_official_names(HiFiGANGenerator(h, num_mels).state_dict())
     for k in sd:
-        if k.endswith("weight_g"):
-            v = sd[k.replace("weight_g", "weight_v")]
-            norm = v.norm(dim=tuple(range(1, v.dim())), keepdim=True)
-            sd[k] = norm * (10 + 20 * torch.rand_like(norm))  # g ≠ ||v||, and big enough for a lively output
+        if k.endswith("weight_g"):  # g ≠ ||v||; rows of norm ~1 keep activations alive without saturating tanh
+            sd[k] = 0.5 + torch.rand_like(sd[k])
         elif k.endswith("bias"):
             sd[k] = 0.05 * torch.randn_like(sd[k])
     ckpt = tmp_path / "g_00000042"
@@ -195,7 +193,7 @@ def test_official_checkpoint_round_trip_matches_reference(tmp_path, preset):
         ref = reference_generator(sd, h, x)
         without_g = reference_generator(sd, h, x, use_g=False)
     assert y.shape == (2, 1, 4 * 256)
-    assert y.std() > 0.05  # a lively output, so the comparison means something
+    assert y.std(-1).mean() > 0.05 and (y.abs() > 0.95).float().mean() < 0.05  # lively, not saturated
     assert (y - ref).abs().max() < 1e-4
     assert (y - without_g).abs().max() > 1e-2  # the magnitudes g do matter
 
@@ -264,7 +262,8 @@ def test_discriminator_outputs_and_feature_maps():
         assert mr[0].shape[-1] == p  # folded by period
     r, g, fr, fg = MultiScaleDiscriminator(channels=TINY_MSD)(y, y_hat)
     assert len(r) == 3 and all(len(m) == 8 for m in fr)
-    assert [d.shape[1] for d in r] == [63, 32, 16]  # raw, /2, /4 (pooled) scales, total stride 64
+    # conv strides 1·2·2·4·4 = 64 on 1000 samples, then on the pooled 501 and 251 (AvgPool1d(4, 2, padding=2))
+    assert [d.shape[1] for d in r] == [16, 8, 4]
     assert [d.shape for d in r] == [d.shape for d in g]
 
 
@@ -311,7 +310,7 @@ def test_a_few_gan_steps_lower_mel_l1():
     optim_d = torch.optim.AdamW([*mpd.parameters(), *msd.parameters()], 2e-4, betas=(0.8, 0.99))
     with torch.no_grad():
         start = F.l1_loss(mel_fn(g(x).squeeze(1)), x).item()
-    for _ in range(25):
+    for _ in range(15):
         y_g_hat = g(x)  # [2, 1, 3968]
         optim_d.zero_grad()
         loss_d = discriminator_loss(*mpd(y, y_g_hat.detach())[:2])[0] + discriminator_loss(*msd(y, y_g_hat.detach())[:2])[0]

@@ -1,0 +1,185 @@
+"""The RVQ rules of DESIGN.md §3, each one a way the well-known codecs go wrong."""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from luna.models.quantizer import EMACodebook, ResidualVectorQuantizer, usage_stats
+
+
+def blobs(centers: torch.Tensor, per: int, std: float, seed: int = 0) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    x = centers.repeat_interleave(per, 0)
+    return x + std * torch.randn(x.shape, generator=g)
+
+
+def as_btd(x: torch.Tensor, t: int = 16) -> torch.Tensor:
+    """[M, D] → [M/t, D, t] (the quantizer's input layout)."""
+    m, d = x.shape
+    return x.view(m // t, t, d).permute(0, 2, 1).contiguous()
+
+
+def test_kmeans_init_puts_codes_on_the_data():
+    g = torch.Generator().manual_seed(1)
+    centers = torch.randn(8, 4, generator=g) * 5
+    x = blobs(centers, 64, 0.01)
+    x = x[torch.randperm(x.shape[0], generator=g)]
+    rvq = ResidualVectorQuantizer(4, 8, 1, kmeans_iters=20).train()
+    rvq(as_btd(x))
+    cb = rvq.layers[0].codebook
+    # every blob has a code on it, every code sits on a blob
+    assert torch.cdist(centers, cb).min(dim=1).values.max() < 0.1
+    assert torch.cdist(cb, centers).min(dim=1).values.max() < 0.1
+
+
+def test_a_dead_code_is_replaced_and_survives_the_same_steps_ema_update():
+    torch.manual_seed(0)
+    layer = EMACodebook(4, 16, decay=0.9, dead_code_threshold=0.1, revival_grace_steps=5)
+    x = torch.randn(256, 4)
+    layer.init_kmeans(x, torch.Generator().manual_seed(0))
+    far = torch.full((4,), 100.0)  # a code no vector will ever pick
+    layer.embed_sum[3] = far * 1e-3
+    layer.cluster_size[3] = 1e-3
+    old = layer.codebook[3].clone()
+    assert torch.allclose(old, far)
+    batch = torch.randn(256, 4) * 3
+    codes = layer.encode(batch)
+    layer.update(batch, codes)
+    new = layer.codebook[3]
+    assert int(layer.replaced) >= 1
+    assert not torch.allclose(new, old)
+    # the revived code is a vector of this batch, not undone by the same step's EMA update
+    assert torch.cdist(new[None], batch).min() < 1e-4
+    # and it stays: the next update moves it by EMA only, never back to where it was
+    layer.update(batch, layer.encode(batch))
+    assert torch.cdist(layer.codebook[3][None], old[None]).item() > 50
+
+
+def test_revival_uses_the_worst_quantized_vectors():
+    layer = EMACodebook(2, 4, decay=0.99, dead_code_threshold=0.5, revival_grace_steps=10)
+    x = torch.tensor([[0.0, 0.0], [1.0, 0.0], [0.0, 1.0], [1.0, 1.0]])
+    layer.init_kmeans(x.repeat(8, 1), torch.Generator().manual_seed(0))
+    layer.cluster_size[0] = 1e-6  # dead
+    layer.embed_sum[0] = torch.tensor([0.0, 0.0]) * 1e-6
+    batch = torch.cat([x.repeat(4, 1), torch.tensor([[9.0, 9.0]])])  # one outlier, far from every code
+    layer.update(batch, layer.encode(batch))
+    assert torch.allclose(layer.codebook[0], torch.tensor([9.0, 9.0]), atol=1e-4)
+    assert int(layer.grace[0]) == 10  # not judged dead again during its grace period
+
+
+def test_dead_threshold_does_not_depend_on_batch_size():
+    layer = EMACodebook(2, 8, dead_code_threshold=0.2)
+    sizes = torch.tensor([100.0, 100, 100, 100, 100, 100, 1, 100])
+    layer.cluster_size.copy_(sizes)
+    small = layer.dead_mask().clone()
+    layer.cluster_size.copy_(sizes * 1000)  # the same usage shares at a 1000x larger batch
+    assert torch.equal(small, layer.dead_mask())
+    assert small.tolist() == [False] * 6 + [True, False]
+
+
+def test_commitment_gradient_reaches_the_encoder_through_every_stage():
+    torch.manual_seed(0)
+    rvq = ResidualVectorQuantizer(8, 16, 4, kmeans_iters=2).train()
+    z = torch.randn(4, 8, 32, requires_grad=True)
+    out = rvq(z)
+    assert out.stage_commitment.shape == (4,)
+    for i in range(4):
+        (g,) = torch.autograd.grad(out.stage_commitment[i], z, retain_graph=True)
+        assert g.abs().sum() > 0, f"stage {i + 1}'s commitment does not reach the encoder"
+    # straight-through once on the sum: d quantized / d z is the identity
+    (g,) = torch.autograd.grad(out.quantized.sum(), z)
+    assert torch.allclose(g, torch.ones_like(z))
+
+
+def test_codebooks_are_not_optimizer_parameters():
+    rvq = ResidualVectorQuantizer(8, 16, 3)
+    assert list(rvq.parameters()) == []
+    assert all(not b.requires_grad for b in rvq.buffers())
+    z = torch.randn(2, 8, 10, requires_grad=True)
+    rvq.train()(z).commitment.backward()
+    assert all(b.grad is None for b in rvq.buffers())
+
+
+def test_quantizer_dropout_gives_valid_codes_for_every_count():
+    torch.manual_seed(0)
+    n = 4
+    rvq = ResidualVectorQuantizer(8, 16, n, quantizer_dropout=1.0, kmeans_iters=2).train()
+    z = torch.randn(64, 8, 12)
+    rvq(z)  # k-means init
+    before = ResidualVectorQuantizer(8, 16, n)
+    before.load_state_dict(rvq.state_dict())  # the codebooks this step quantizes with (before its EMA update)
+    out = rvq(z)
+    used = set(out.num_quantizers.tolist())
+    assert used <= set(range(1, n + 1)) and len(used) >= 3
+    assert out.codes.shape == (64, n, 12) and out.codes.min() >= 0 and out.codes.max() < 16
+    rvq.eval()
+    for b in range(8):  # each sample's output is the sum of exactly its first n_b stages
+        k = int(out.num_quantizers[b])
+        ref = before.decode(out.codes[b : b + 1, :k])
+        assert torch.allclose(out.quantized[b : b + 1], ref, atol=1e-5)
+    for k in range(1, n + 1):
+        codes = rvq.encode(z, num_quantizers=k)
+        assert codes.shape == (64, k, 12)
+        assert rvq.decode(codes).shape == z.shape
+    # more stages never quantize worse (on average)
+    errs = [(rvq.decode(rvq.encode(z, k)) - z).pow(2).mean().item() for k in range(1, n + 1)]
+    assert all(a >= b - 1e-6 for a, b in zip(errs, errs[1:]))
+
+
+def test_usage_statistics_on_a_constructed_example():
+    counts = torch.tensor([[10.0, 10.0, 0.0, 0.0], [1.0, 1.0, 1.0, 1.0], [7.0, 0.0, 0.0, 0.0]])
+    s = usage_stats(counts)
+    assert [x["usage"] for x in s] == [0.5, 1.0, 0.25]
+    assert [x["dead_codes"] for x in s] == [2, 0, 3]
+    assert s[0]["perplexity"] == pytest.approx(2.0)
+    assert s[1]["perplexity"] == pytest.approx(4.0)
+    assert s[2]["perplexity"] == pytest.approx(1.0)
+    assert s[0]["entropy_normalized"] == pytest.approx(0.5)
+    assert s[1]["entropy_normalized"] == pytest.approx(1.0)
+    assert s[2]["entropy_normalized"] == pytest.approx(0.0)
+
+
+def test_eval_mode_and_encode_leave_statistics_alone():
+    rvq = ResidualVectorQuantizer(4, 8, 2, kmeans_iters=1).train()
+    rvq(torch.randn(4, 4, 16))
+    before = {k: v.clone() for k, v in rvq.state_dict().items()}
+    rvq.eval()
+    rvq(torch.randn(4, 4, 16))
+    rvq.encode(torch.randn(4, 4, 16))
+    assert all(torch.equal(before[k], v) for k, v in rvq.state_dict().items())
+
+
+def test_a_non_finite_batch_leaves_the_codebook_unchanged():
+    rvq = ResidualVectorQuantizer(4, 8, 2, kmeans_iters=1).train()
+    rvq(torch.randn(4, 4, 16))
+    before = {k: v.clone() for k, v in rvq.state_dict().items() if k.endswith(("embed_sum", "cluster_size"))}
+    z = torch.randn(4, 4, 16)
+    z[0, 0, 0] = float("nan")
+    rvq(z)
+    for k, v in before.items():
+        assert torch.equal(rvq.state_dict()[k], v), k
+
+
+def test_revival_settles_instead_of_cycling():
+    """Replacements per step fall towards zero after warm-up on a stationary distribution."""
+    torch.manual_seed(0)
+    k, d = 64, 8
+    centers = torch.randn(48, d) * 4
+    layer = EMACodebook(d, k, decay=0.95, dead_code_threshold=0.1, revival_grace_steps=30)
+    g = torch.Generator().manual_seed(0)
+    replaced = []
+    for step in range(800):
+        idx = torch.randint(0, 48, (512,), generator=g)
+        x = centers[idx] + 0.3 * torch.randn(512, d, generator=g)
+        if step == 0:
+            layer.init_kmeans(x, torch.Generator().manual_seed(0))
+        layer.update(x, layer.encode(x))
+        replaced.append(int(layer.replaced))
+    early, late = sum(replaced[:300]), sum(replaced[-300:])
+    assert early >= 2, "the setting should exercise revival"
+    assert late <= 1, (early, late)  # without the growing grace period this cycles every ~50 steps forever
+    used = usage_stats(layer.cluster_size[None])[0]["usage"]
+    assert used > 0.6
+    assert math.isfinite(layer.codebook.sum().item())

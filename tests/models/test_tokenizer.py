@@ -1,0 +1,152 @@
+"""SpeechTokenizer: exact lengths, token count rule, any-input conversion, safe checkpoints."""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from luna import SpeechTokenizer
+from luna.serialization import CheckpointError
+from tests.conftest import compose_train
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    torch.manual_seed(0)
+    tok = SpeechTokenizer.from_config(compose_train(["model=tiny"]))
+    tok.train()
+    opt = torch.optim.AdamW(tok.parameters(), 1e-3)
+    for _ in range(3):  # a few steps so every buffer and weight is non-trivial
+        out = tok(torch.randn(4, 8000) * 0.1)
+        out.loss.backward()
+        opt.step()
+        opt.zero_grad()
+    return tok.eval()
+
+
+@pytest.mark.parametrize("stride", [1, 2, 3, 8])
+def test_output_mel_length_equals_input_length(stride):
+    cfg = compose_train(["model=tiny", f"model.encoder_stride={stride}"])
+    tok = SpeechTokenizer.from_config(cfg).eval()
+    lengths = [1, 2, 3, 5, 7, 8, 9, 15, 16, 17, 31, 32, 33, 50, 63, 64, 65, 99, 100, 257]
+    assert len(lengths) == 20
+    for t in lengths:
+        mel = torch.randn(2, cfg.model.mel.n_mels, t) - 5
+        out = tok.forward_mel(mel)
+        assert out.mel_hat.shape == mel.shape, (stride, t)
+        assert out.codes.shape[-1] == math.ceil(t / stride)
+
+
+@pytest.mark.parametrize("seconds", [0.001, 0.01, 0.019, 0.02, 0.021, 0.5, 1.0, 1.234, 3.0])
+def test_tokenize_gives_ceil_seconds_times_frame_rate(tiny, seconds):
+    sr = tiny.sample_rate
+    n = round(seconds * sr)
+    codes = tiny.tokenize(torch.randn(n) * 0.1, sr)
+    assert codes.dtype == torch.long
+    assert codes.shape == (1, tiny.num_quantizers, math.ceil(n / sr * tiny.frame_rate - 1e-9))
+    assert int(codes.min()) >= 0 and int(codes.max()) < tiny.codebook_size
+
+
+@pytest.mark.parametrize("rate", [8000, 22050, 44100, 48000])
+def test_tokenize_converts_sample_rate(tiny, rate):
+    n = rate  # one second at any rate → one second at the model rate
+    codes = tiny.tokenize(torch.randn(n) * 0.1, rate)
+    assert codes.shape[-1] == math.ceil(tiny.frame_rate)
+
+
+def test_tokenize_accepts_any_layout(tiny):
+    x = torch.randn(2, 2, 3200) * 0.1
+    stereo = tiny.tokenize(x, tiny.sample_rate)
+    mono = tiny.tokenize(x.mean(dim=1), tiny.sample_rate)
+    assert torch.equal(stereo, mono) and stereo.shape[:2] == (2, tiny.num_quantizers)
+    assert torch.equal(tiny.tokenize(x[0, 0], tiny.sample_rate), tiny.tokenize(x[0, :1], tiny.sample_rate))
+    assert torch.equal(tiny.tokenize(x[0, 0].numpy(), tiny.sample_rate), tiny.tokenize(x[0, 0], tiny.sample_rate))
+    with pytest.raises(ValueError):
+        tiny.tokenize(torch.zeros(1, 1, 1, 100), tiny.sample_rate)
+
+
+def test_fewer_quantizers_and_decode_shapes(tiny):
+    x = torch.randn(1, 4000) * 0.1
+    for n in range(1, tiny.num_quantizers + 1):
+        codes = tiny.tokenize(x, tiny.sample_rate, num_quantizers=n)
+        assert codes.shape[1] == n
+        mel = tiny.decode_mel(codes)
+        assert mel.shape == (1, tiny.config.mel.n_mels, codes.shape[-1] * tiny.config.encoder_stride)
+
+
+def test_detokenize_returns_audio_at_model_rate(tiny):
+    codes = tiny.tokenize(torch.randn(1, 4000) * 0.1, tiny.sample_rate)
+    audio = tiny.detokenize(codes)
+    assert audio.shape == (1, codes.shape[-1] * tiny.samples_per_token)
+    assert torch.isfinite(audio).all()
+
+
+def test_save_load_gives_identical_codes_and_reconstruction(tiny, tmp_path):
+    x = torch.randn(2, 6000) * 0.1
+    codes = tiny.tokenize(x, tiny.sample_rate)
+    mel = tiny.decode_mel(codes)
+    path = tmp_path / "tok.pt"
+    tiny.save_checkpoint(path)
+    ck = torch.load(path, weights_only=True)  # nothing in it needs pickle
+    assert set(ck) >= {"model", "config", "luna_version"}
+    again = SpeechTokenizer.from_checkpoint(path)
+    assert torch.equal(again.tokenize(x, tiny.sample_rate), codes)
+    assert torch.equal(again.decode_mel(codes), mel)
+    fresh = SpeechTokenizer.from_config(compose_train(["model=tiny"])).eval()
+    assert not torch.equal(fresh.tokenize(x, tiny.sample_rate), codes)
+    fresh.load_checkpoint(path)
+    assert torch.equal(fresh.tokenize(x, tiny.sample_rate), codes)
+
+
+class _Payload:
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        from pathlib import Path
+
+        return (Path.touch, (Path(self.marker),))
+
+
+def test_a_pickle_payload_is_refused_without_running_it(tiny, tmp_path):
+    marker = tmp_path / "payload-ran"
+    path = tmp_path / "evil.pt"
+    torch.save({"model": _Payload(str(marker)), "config": {}}, path)
+    with pytest.raises(CheckpointError, match="refused"):
+        SpeechTokenizer.from_checkpoint(path)
+    with pytest.raises(CheckpointError, match="refused"):
+        tiny.load_checkpoint(path)
+    assert not marker.exists()
+
+
+def test_missing_and_mismatched_checkpoints_are_one_clear_error(tiny, tmp_path):
+    with pytest.raises(CheckpointError, match="no such checkpoint"):
+        SpeechTokenizer.from_checkpoint(tmp_path / "nope.pt")
+    other = SpeechTokenizer.from_config(compose_train(["model=tiny", "model.hidden=64"]))
+    path = tmp_path / "other.pt"
+    other.save_checkpoint(path)
+    with pytest.raises(CheckpointError, match="do not fit"):
+        tiny.load_checkpoint(path)
+
+
+@pytest.mark.parametrize(
+    "preset,rate,tps,bps",
+    [("rvq8", 24000, 50.0, 4000.0), ("rvq4", 24000, 50.0, 2000.0), ("rvq8_12hz", 24000, 12.5, 1000.0),
+     ("rvq8_22k", 22050, 22050 / 512, 22050 / 512 * 80), ("tiny", 16000, 50.0, 500.0)],
+)
+def test_rate_table(preset, rate, tps, bps):
+    cfg = compose_train([f"model={preset}"])
+    tok = SpeechTokenizer.from_config(cfg)
+    assert (tok.sample_rate, tok.frame_rate, tok.bitrate) == (rate, pytest.approx(tps), pytest.approx(bps))
+    assert SpeechTokenizer.from_config(cfg.model).bitrate == pytest.approx(bps)  # the model node alone works too
+
+
+def test_forward_returns_named_losses(tiny):
+    tiny.train()
+    out = tiny(torch.randn(2, 8000) * 0.1)
+    tiny.eval()
+    assert set(out.losses) >= {"mel_l1", "mel_mse", "commitment"}
+    w = tiny.config.loss
+    expect = w.mel_l1 * out.losses["mel_l1"] + w.mel_mse * out.losses["mel_mse"] + w.commitment * out.losses["commitment"]
+    assert torch.allclose(out.loss, expect)

@@ -1,0 +1,104 @@
+"""Every option of every config group composes and validates; invalid values are rejected naming the key."""
+from __future__ import annotations
+
+import pytest
+from hydra.errors import ConfigCompositionException
+from omegaconf.errors import ConfigKeyError, ValidationError
+
+from luna.config import CONF_DIR, ConfigError, validate
+from tests.conftest import compose_train
+
+GROUPS = ["model", "data", "optimizer", "logger", "hardware", "vocoder", "experiment"]
+
+
+def options(group):
+    return sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml"))
+
+
+@pytest.mark.parametrize("group,option", [(g, o) for g in GROUPS for o in options(g)])
+def test_every_option_composes_and_validates(group, option):
+    overrides = [f"{group}={option}"]
+    if group == "data" and option == "folder":
+        overrides.append("data.root=/tmp")
+    if group == "vocoder" and option == "hifigan_universal":
+        overrides.append("model=rvq8_22k")  # the universal vocoder's mel convention
+    cfg = compose_train(overrides)
+    validate(cfg)
+    assert cfg[group if group != "experiment" else "model"] is not None
+
+
+def test_groups_have_options():
+    for g in GROUPS:
+        assert options(g), f"conf/{g} has no options"
+    assert {"rvq8", "rvq4", "rvq8_22k", "rvq8_12hz", "tiny"} <= set(options("model"))
+    assert {"cpu", "auto", "a100_80g", "a40_48g", "rtx4090", "h100_80g", "h200"} <= set(options("hardware"))
+
+
+def test_default_is_rvq8_on_minispeech():
+    cfg = compose_train()
+    assert cfg.model.name == "rvq8" and cfg.data.name == "minispeech"
+    assert cfg.model.codebook_size == 1024 and cfg.model.num_quantizers == 8 and cfg.hardware.gpus == 1
+    assert isinstance(cfg.seed, int)
+
+
+@pytest.mark.parametrize(
+    "override,key",
+    [
+        ("model.codebook_size=1", "model.codebook_size"),
+        ("model.num_quantizers=0", "model.num_quantizers"),
+        ("model.mel.hop_length=2000", "model.mel.hop_length"),
+        ("model.mel.win_length=4096", "model.mel.hop_length"),
+        ("model.mel.f_max=20000", "model.mel.f_max"),
+        ("model.ema_decay=1.5", "model.ema_decay"),
+        ("model.quantizer_dropout=2", "model.quantizer_dropout"),
+        ("model.hidden=30", "model.hidden"),
+        ("data.segment_seconds=0.01", "data.segment_seconds"),
+        ("data.val_fraction=1.5", "data.val_fraction"),
+        ("optimizer.lr=0", "optimizer.lr"),
+        ("optimizer.lr=-1e-3", "optimizer.lr"),
+        ("optimizer.betas=[0.9]", "optimizer.betas"),
+        ("hardware.precision=fp8", "hardware.precision"),
+        ("hardware.gpus=0", "hardware.gpus"),
+        ("trainer.accumulate=0", "trainer.accumulate"),
+        ("trainer.max_steps=0", "trainer.max_steps"),
+        ("checkpoint.keep_last=0", "checkpoint.keep_last"),
+        ("resume=/does/not/exist.pt", "resume"),
+        ("task=dance", "task"),
+        ("logger.wandb.mode=sometimes", "logger.wandb.mode"),
+    ],
+)
+def test_invalid_values_are_rejected_naming_the_key(override, key):
+    cfg = compose_train([override])
+    with pytest.raises(ConfigError) as e:
+        validate(cfg)
+    assert str(e.value).startswith(key + ":"), str(e.value)
+
+
+@pytest.mark.parametrize(
+    "override,key",
+    [
+        ("model.codebook_size=many", "codebook_size"),
+        ("model.codebook_sise=512", "codebook_sise"),
+        ("model.num_quantizers=2.5", "num_quantizers"),
+        ("trainer.max_epochs=abc", "max_epochs"),
+        ("hardware.gpu=2", "hardware.gpu"),
+        ("seed=x", "seed"),
+    ],
+)
+def test_wrong_types_and_unknown_keys_fail_at_compose_time(override, key):
+    with pytest.raises((ConfigCompositionException, ValidationError, ConfigKeyError)) as e:
+        compose_train([override])
+    assert key in str(e.value) or key in str(e.value.__cause__)
+
+
+def test_cli_rejects_invalid_config_before_compute(tmp_path):
+    import subprocess
+    import sys
+
+    r = subprocess.run(
+        [sys.executable, "-m", "luna.train", "model.codebook_size=1", f"hydra.run.dir={tmp_path}"],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert r.returncode == 2
+    assert "model.codebook_size" in r.stderr
+    assert not (tmp_path / "checkpoints").exists()
