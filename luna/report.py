@@ -35,7 +35,8 @@ def _evaluate_runs(rows: List[dict], max_files: Optional[int], device: str) -> N
         cfg = copy.deepcopy(base)  # a shallow copy would share nodes whose interpolations resolve against base
         # set after composing: sweep run dirs contain '=' and ',' that the override grammar would parse
         cfg.checkpoint, cfg.test_dir, cfg.device = row["checkpoint"], str(DEV_MINI), device
-        cfg.eval.max_files, cfg.eval.save_wavs, cfg.eval.rtf_repeats = max_files, 0, 1
+        cfg.eval.max_files, cfg.eval.save_wavs = max_files, 0
+        cfg.eval.rtf_repeats, cfg.eval.rtf_max_seconds = 1, 2.0  # the sweep table shows quality, not speed
         try:
             report = run_evaluation(cfg, Path(row["run_dir"]) / "eval")
         except EvalError as e:

@@ -16,7 +16,8 @@ log = logging.getLogger("luna.train")
 
 @hydra.main(config_path=str(CONF_DIR), config_name="train", version_base="1.3")
 def main(cfg: DictConfig) -> float:
-    from luna.training.trainer import TrainingError, train  # heavy imports after Hydra parsed the CLI
+    from luna.data import DataError  # heavy imports after Hydra parsed the CLI
+    from luna.training.trainer import TrainingError, train
 
     try:
         validate(cfg)  # every cross-field rule, before anything is built
@@ -25,7 +26,7 @@ def main(cfg: DictConfig) -> float:
                 cfg.output_dir = HydraConfig.get().runtime.output_dir
         OmegaConf.resolve(cfg)
         metrics = train(cfg)
-    except (ConfigError, CheckpointError, TrainingError) as e:
+    except (ConfigError, CheckpointError, TrainingError, DataError) as e:
         log.error("%s", e)
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)

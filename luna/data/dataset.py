@@ -84,6 +84,9 @@ class SegmentDataset(Dataset):
 
     def __getitem__(self, index: int) -> Dict[str, torch.Tensor]:
         n = len(self)
+        if not -n <= index < n:
+            raise IndexError(f"index {index} out of range for {n} items")
+        index %= n
         for failed in range(n):
             i = (index + failed) % n
             try:
@@ -110,7 +113,7 @@ class SegmentDataset(Dataset):
         if sr != self.sample_rate:
             wav = resample(wav, sr, self.sample_rate)
         offset = left // unit * out_unit
-        valid = min(seg, math.ceil((frames - start) * self.sample_rate / sr))
+        valid = min(seg, -(-(frames - start) * self.sample_rate // sr))
         if wav.numel() - offset >= seg:
             return wav[offset : offset + seg].contiguous(), valid
         out = torch.zeros(seg, dtype=torch.float32)
@@ -230,6 +233,10 @@ class DataInfo:
     def as_dict(self) -> Dict[str, Any]:
         return asdict(self)
 
+    def __str__(self) -> str:  # one log line; the failed paths are in failed_files and the manifest report
+        return (f"{self.train_files} train files ({self.train_hours:.2f} h), {self.val_files} val files "
+                f"({self.val_hours:.2f} h, {self.val_source}), {self.failed} unreadable skipped, root {self.root}")
+
 
 def build_datasets(data_cfg: Any, sample_rate: int, seed: int) -> Tuple[SegmentDataset, SegmentDataset, DataInfo]:
     """(train, val, info) from a data config; val at most ``data.max_val_items`` files (``<= 0``: all).
@@ -274,6 +281,5 @@ def build_datasets(data_cfg: Any, sample_rate: int, seed: int) -> Tuple[SegmentD
         failed_files=list(report.failed),
         manifests=[str(p) for p in report.cache_paths],
     )
-    log.info("data: %d train files (%.2f h), %d val files (%.2f h, %s), %d skipped", info.train_files,
-             info.train_hours, info.val_files, info.val_hours, val_source, info.failed)
+    log.info("data: %s", info)
     return train_ds, val_ds, info

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import http.client
 import logging
 import os
 import shutil
@@ -148,7 +149,7 @@ def _stream(response: Any, part: Path, offset: int, total: Optional[int], digest
             while True:
                 try:
                     chunk = response.read(CHUNK)
-                except (OSError, ValueError) as e:  # connection reset, timeout, IncompleteRead
+                except (OSError, ValueError, http.client.HTTPException) as e:  # reset, timeout, IncompleteRead
                     raise DataError(
                         f"download interrupted: {url} after {written} bytes ({e}); the partial file "
                         f"{part} is kept, run again to resume"
@@ -242,13 +243,12 @@ def _lock(path: Path) -> Iterator[None]:
             fcntl.flock(f, fcntl.LOCK_UN)
 
 
-def read_transcripts(chapter_dir: Path) -> Dict[str, str]:
-    """``{utterance id: text}`` from every ``*.trans.txt`` in a LibriSpeech chapter directory."""
+def read_transcripts(path: Path) -> Dict[str, str]:
+    """``{utterance id: text}`` from one LibriSpeech ``<spk>-<chap>.trans.txt`` (``ID TEXT`` per line)."""
     out: Dict[str, str] = {}
-    for trans in chapter_dir.glob("*.trans.txt"):
-        with open(trans, encoding="utf-8", errors="replace") as f:
-            for line in f:
-                utt, _, text = line.strip().partition(" ")
-                if utt:
-                    out[utt] = text.strip()
+    with open(path, encoding="utf-8", errors="replace") as f:
+        for line in f:
+            utt, _, text = line.strip().partition(" ")
+            if utt:
+                out[utt] = text.strip()
     return out

@@ -146,8 +146,9 @@ def _subset_manifest(root: Path, kind: str, subset: str, cache: Path, workers: i
         return ManifestReport(root, entries, failed, [cache_path])
     transcripts: Dict[str, str] = {}
     if kind == "librispeech":
-        for chapter in {root / f for f in files if f.endswith(".trans.txt")}:
-            transcripts.update(read_transcripts(chapter.parent))
+        for rel in files:
+            if rel.endswith(".trans.txt"):
+                transcripts.update(read_transcripts(root / rel))
     audio = [f for f in files if f.lower().endswith(AUDIO_EXTENSIONS)]
     with ThreadPoolExecutor(max(1, workers)) as pool:  # libsndfile releases the GIL: overlap the I/O
         infos = list(tqdm(pool.map(lambda rel: _probe(root / rel), audio), total=len(audio), disable=None,

@@ -24,6 +24,8 @@ SI_SDR_LIMIT_DB = 100.0
 STFT_RESOLUTIONS: Tuple[Tuple[int, int, int], ...] = ((512, 128, 512), (1024, 256, 1024), (2048, 512, 2048))
 #: STOI and wide-band PESQ are defined at 16 kHz; signals are resampled with luna.audio.resample first
 PESQ_STOI_RATE = 16000
+#: STOI needs 30 frames of 256 samples, hop 128, at its internal 10 kHz: (30 + 1) * 128 / 10000 s
+STOI_MIN_SECONDS = (30 + 1) * 128 / 10000
 
 Signal = Any  # 1-D torch.Tensor or numpy array
 
@@ -125,9 +127,9 @@ def si_sdr(ref: Signal, est: Signal) -> MetricResult:
     r, e = _pair(ref, est)
     r, e = r - r.mean(), e - e.mean()
     if _silent(r):
-        return MetricResult(None, "reference is silent")
+        return MetricResult(None, "reference is silent (or constant)")
     if _silent(e):
-        return MetricResult(None, "reconstruction is silent")
+        return MetricResult(None, "reconstruction is silent (or constant)")
     target = (e @ r) / (r @ r) * r
     noise = e - target
     t_energy, n_energy = float(target @ target), float(noise @ noise)
@@ -149,15 +151,18 @@ def stoi(ref: Signal, est: Signal, sample_rate: int) -> MetricResult:
     """STOI (pystoi, classic) at 16 kHz. Undefined for a silent reference or fewer than 30 speech frames."""
     import pystoi
 
+    too_short = MetricResult(None, f"fewer than 30 non-silent STFT frames (~{STOI_MIN_SECONDS:.2f} s of speech) for STOI")
     r, e = _at_16k(ref, est, sample_rate)
     if _silent(torch.from_numpy(r)):
         return MetricResult(None, "reference is silent")
+    if r.size < STOI_MIN_SECONDS * PESQ_STOI_RATE:
+        return too_short  # pystoi would fail with an indexing error on clips shorter than one frame
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         value = pystoi.stoi(r, e, PESQ_STOI_RATE, extended=False)
     # pystoi signals "too short" by warning and returning 1e-5; a real score of 1e-5 is not possible
     if any("Not enough STFT frames" in str(w.message) for w in caught):
-        return MetricResult(None, "fewer than 30 non-silent STFT frames (~0.4 s of speech) for STOI")
+        return too_short
     if not math.isfinite(value):
         return MetricResult(None, "STOI is not finite for this input")
     return MetricResult(float(value))

@@ -335,7 +335,7 @@ def run_evaluation(cfg: DictConfig, out_dir: PathLike) -> Dict[str, Any]:
             per_file.append({"path": str(path), "seconds": wav.numel() / file_sr, "sample_rate": file_sr, **r["values"]})
             if "sweep" in r:
                 sweeps.append(r["sweep"])
-            if first_mels is None:
+            if first_mels is None and r["mel_ref"].shape[-1] > 0:
                 first_mels = (r["mel_ref"], r["mel_hat"], path.name)
             if longest is None or ref.numel() > longest.numel():
                 longest = ref
@@ -480,7 +480,7 @@ def write_eval_report(
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     paths: Dict[str, Path] = {}
-    if mels is not None and mels[0].shape[-1] > 0:
+    if mels is not None:
         paths["mel_comparison"] = plot_mel_comparison(mels[0], mels[1], out_dir / "mel_comparison.png", title=mels[2])
     if counts is not None:
         paths["code_usage"] = plot_code_usage(counts, out_dir / "code_usage.png")

@@ -136,6 +136,10 @@ class EMACodebook(nn.Module):
             gathered = [torch.empty_like(x) for _ in range(dist.get_world_size())]
             dist.all_gather(gathered, x.contiguous())
             x = torch.cat(gathered)
+        # a canonical order (by a fixed random projection) makes the result independent of how the
+        # vectors were split over ranks: 2 ranks × B/2 initialize exactly like 1 rank × B
+        proj = torch.randn(x.shape[1], generator=torch.Generator().manual_seed(0)).to(x)
+        x = x[torch.argsort(x @ proj)]
         centroids = kmeans(x, self.codebook_size, self.kmeans_iters, generator)
         counts = torch.bincount(_nearest(x, centroids), minlength=self.codebook_size).float()
         # a uniform prior count so no code starts dead; the codebook is exactly the centroids

@@ -12,10 +12,12 @@ import json
 import logging
 import math
 import os
+import random
 import time
 from pathlib import Path
 from typing import Any, Dict, Optional
 
+import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 from torch.nn.parallel import DistributedDataParallel as DDP
@@ -37,6 +39,12 @@ AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 class TrainingError(RuntimeError):
     """Training cannot go on (e.g. too many non-finite losses in a row); the message says why."""
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
 
 
 def step_seed(seed: int, step: int, rank: int, micro: int) -> int:
@@ -89,6 +97,7 @@ class Trainer:
         if env.is_main:
             prepare(cfg.data)
         distributed.barrier()
+        seed_everything(cfg.seed)  # identical initial weights on every rank and every run of this config
         self.model = SpeechTokenizer.from_config(cfg).to(self.device)
         self.train_ds, self.val_ds, self.data_info = build_datasets(cfg.data, self.model.sample_rate, cfg.seed)
         self.num_workers = cfg.data.num_workers if cfg.data.num_workers is not None else cfg.hardware.num_workers
@@ -116,6 +125,7 @@ class Trainer:
         self.first_val_loss: Optional[float] = None
         self.bad_steps = 0
         self.failed_items = 0
+        self.sync_checks = 0
         self._resume()
         self.ddp = (
             DDP(self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None, broadcast_buffers=False)
@@ -286,6 +296,7 @@ class Trainer:
                     last_log_time, last_log_step = now, self.step
                 if self.step % cfg.logger.log_every_steps == 0:
                     sums, n_sums = {}, 0
+                    self.check_ranks_in_sync()
 
                 if t.val_every_steps and self.step % t.val_every_steps == 0 and self.batch_pos < end:
                     self._validate(log_media=False)
@@ -329,6 +340,7 @@ class Trainer:
                 first = out
         if self.env.distributed:
             torch.distributed.all_reduce(totals)
+            self.check_ranks_in_sync()
         self.model.train()
         val_loss = float(totals[0] / totals[2].clamp(min=1))
         val_mel = float(totals[1] / totals[2].clamp(min=1))
@@ -378,6 +390,21 @@ class Trainer:
                 self.trackers.log_text("codebook/alarm", msg, self.step)
                 scalars[f"codebook/q{i}_alarm"] = 1.0
 
+    @torch.no_grad()
+    def check_ranks_in_sync(self) -> None:
+        """All ranks must hold identical weights and codebooks; a per-tensor checksum is compared."""
+        if not self.env.distributed:
+            return
+        state = self.model.state_dict()
+        sums = torch.stack([v.double().sum() for v in state.values()]).to(self.device)
+        gathered = [torch.empty_like(sums) for _ in range(self.env.world_size)]
+        torch.distributed.all_gather(gathered, sums)
+        for r, g in enumerate(gathered[1:], start=1):
+            if not torch.equal(g, gathered[0]):
+                name = list(state)[int((g != gathered[0]).nonzero()[0])]
+                raise TrainingError(f"rank {r} diverged from rank 0 at step {self.step} (first differing tensor: {name})")
+        self.sync_checks += 1
+
     def _save(self, name: str) -> None:
         if self.env.is_main:
             self.ckpt.save(self.state(), name)
@@ -395,6 +422,8 @@ class Trainer:
             "tokens_per_second": m.frame_rate,
             "bitrate_bps": m.bitrate,
             "failed_items": self.failed_items,
+            "world_size": self.env.world_size,
+            "rank_sync_checks": self.sync_checks,
             "output_dir": str(self.out),
         }
 

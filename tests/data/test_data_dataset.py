@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import logging
 import math
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -133,7 +134,7 @@ def test_val_crop_is_fixed_and_central(tmp_path):
 
 def _nan_wav(path):
     x = tone(2.0, 16000)
-    x[100:200] = np.nan
+    x[::997] = np.nan  # in every crop
     return write(path, x, 16000, "FLOAT")
 
 
@@ -176,11 +177,50 @@ def test_wrap_around_and_all_bad(tmp_path):
         SegmentDataset(_entries(bad), SR, 0.5, train=True)[0]
 
 
-def test_file_shorter_than_its_header_is_unreadable(tmp_path, monkeypatch):
+def test_file_shorter_than_its_header_is_unreadable(tmp_path):
     e = _one(tmp_path, "x.flac", tone(2.0, 16000), 16000)
-    from dataclasses import replace
-
     liar = replace(e, frames=e.frames * 3)  # e.g. the file was cut after indexing
     good = replace(e, id="y")
     ds = SegmentDataset([liar, good], SR, 1.0, train=False)
     assert int(ds[0]["failed"]) == 1
+
+
+def test_a_folder_of_odd_files_trains_end_to_end(tmp_path):
+    """Every odd input in one corpus: bad files are skipped by the manifest or the dataset, never a crash."""
+    from luna.data import build_datasets, make_loader
+
+    from .helpers import data_cfg
+
+    root = tmp_path / "odd"
+    write(root / "a" / "stereo.wav", tone(1.2, 44100, channels=2), 44100, "PCM_24")
+    write(root / "a" / "u8.wav", tone(0.9, 8000), 8000, "PCM_U8")
+    write(root / "a" / "short.flac", tone(0.2, 16000), 16000)
+    write(root / "b" / "silence.wav", np.zeros(30000, np.float32), 48000, "FLOAT")
+    write(root / "b" / "s32.wav", tone(2.0, 22050), 22050, "PCM_32")
+    write(root / "b" / "v.ogg", tone(1.0, 32000), 32000)
+    _nan_wav(root / "c" / "nan.wav")
+    _truncated_flac(root / "c" / "truncated.flac")
+    (root / "c" / "empty.flac").write_bytes(b"")
+    (root / "c" / "text.wav").write_text("RIFF? no, just text\n")
+    write(root / "c" / "zero.wav", np.zeros(0, np.float32), 16000)
+    cfg = data_cfg(root, kind="folder", subsets=[], val_fraction=0.0, segment_seconds=0.5)
+    train, val, info = build_datasets(cfg, SR, seed=0)
+    assert info.failed == 3 and {p.rsplit("/", 1)[1] for p, _ in info.failed_files} == {"empty.flac", "text.wav", "zero.wav"}
+    assert info.train_files == 8 and len(val) == 0
+    failed = 0
+    for epoch in range(2):
+        batches = list(make_loader(train, 4, train=True, seed=0, epoch=epoch))
+        assert len(batches) == 2 and all(b["audio"].shape == (4, 12000) for b in batches)
+        assert all(torch.isfinite(b["audio"]).all() for b in batches)
+        failed += sum(int(b["failed"].sum()) for b in batches)
+        lengths = torch.cat([b["length"] for b in batches])
+        assert (lengths <= 12000).all() and (lengths == 4800).any()  # the 0.2 s clip: padded, not dropped
+    assert failed >= 4  # nan.wav and truncated.flac are hit every epoch (each falls back to the next file)
+
+
+def test_index_out_of_range(tmp_path):
+    ds = SegmentDataset([_one(tmp_path, "x.flac", tone(1.0, 16000), 16000)], SR, 0.5, train=True)
+    assert torch.equal(ds[-1]["audio"], ds[0]["audio"])
+    with pytest.raises(IndexError):
+        ds[1]
+    assert len(list(ds)) == 1  # the sequence protocol stops

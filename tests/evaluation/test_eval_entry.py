@@ -60,7 +60,7 @@ def test_single_file_report(checkpoint, speech, tmp_path):
     wav = tmp_path / "speech.wav"
     sf.write(wav, speech.numpy(), 16000)
     out = tmp_path / "out"
-    p = run_eval(f"checkpoint={checkpoint}", f"input={wav}", f"hydra.run.dir={out}", "eval.rtf_repeats=1",
+    p = run_eval(f"checkpoint={checkpoint}", f"input={wav}", f"hydra.run.dir={out}", "eval.rtf_repeats=1", "eval.rtf_max_seconds=0.5",
                  "eval.save_wavs=1", "eval.quantizer_sweep=true")
     assert p.returncode == 0, p.stderr
     assert p.stderr == ""  # warnings go to the log
@@ -100,7 +100,7 @@ def test_directory_with_degenerate_and_broken_files(checkpoint, speech, tmp_path
     sf.write(d / "vorbis.ogg", x, 16000, format="OGG", subtype="VORBIS")
     (d / "broken.flac").write_bytes(b"fLaC and then garbage")
     out = tmp_path / "out"
-    p = run_eval(f"checkpoint={checkpoint}", f"test_dir={d}", f"hydra.run.dir={out}", "eval.rtf_repeats=1", "eval.save_wavs=0")
+    p = run_eval(f"checkpoint={checkpoint}", f"test_dir={d}", f"hydra.run.dir={out}", "eval.rtf_repeats=1", "eval.rtf_max_seconds=0.5", "eval.save_wavs=0")
     assert p.returncode == 0, p.stderr
     report = json.loads((out / "report.json").read_text())
     assert report["num_files"] == 6 and report["num_failed"] == 1
@@ -143,7 +143,7 @@ def test_bad_input_is_one_line_and_exit_2(checkpoint, speech, tmp_path, case):
 
 
 def eval_cfg(checkpoint, **keys):
-    cfg = compose_cfg("eval", [f"checkpoint={checkpoint}", "device=cpu", "eval.rtf_repeats=1", "eval.save_wavs=0"])
+    cfg = compose_cfg("eval", [f"checkpoint={checkpoint}", "device=cpu", "eval.rtf_repeats=1", "eval.rtf_max_seconds=0.5", "eval.save_wavs=0"])
     for k, v in keys.items():
         OmegaConf.update(cfg, k, v)
     return cfg

@@ -113,6 +113,10 @@ def test_short_clip_is_undefined_with_reason(speech, mel16k):
     assert values["mel_l1"] is not None
     tiny = speech[8000:8100]  # shorter than one mel hop
     assert M.mel_l1(tiny, tiny, mel16k) == M.MetricResult(None, "clip shorter than one mel frame")
+    for n in (1, 10, 300):  # shorter than any analysis window: still no exception
+        values, reasons = M.compute_all(speech[8000 : 8000 + n], speech[8100 : 8100 + n], 44100, mel16k)
+        assert values["stoi"] is None and values["pesq_wb"] is None and values["stft_distance"] is not None
+        assert {"stoi", "pesq_wb"} <= set(reasons)
 
 
 def test_numpy_input_and_length_mismatch(speech):

@@ -372,6 +372,8 @@ def test_mel_mismatch_names_every_field():
     assert "n_fft" not in msg and "n_mels" not in msg
     with pytest.raises(ConfigError, match="sample_rate.*hop_length.*f_max"):
         build_vocoder({"kind": "griffinlim", "mel": voc}, model_mel=tok)
+    with pytest.raises(ConfigError, match="n_mels: tokenizer 80 vs vocoder 64"):
+        check_mel_compatible(tok, MelConfig(n_mels=64))  # a single difference is enough
     check_mel_compatible(tok, MelConfig())  # equal conventions pass
 
 

@@ -1,0 +1,55 @@
+"""Running real training jobs from tests: tiny model, bundled corpus, CPU."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Dict, List
+
+import torch
+
+from luna.config import ROOT
+
+TINY = [
+    "model=tiny",
+    "hardware=cpu",
+    "hardware.threads=1",
+    "data.segment_seconds=0.5",
+    "data.batch_size=8",
+    "data.num_workers=0",
+    "data.max_val_items=8",
+    "optimizer.lr=3e-3",
+    "optimizer.warmup_steps=2",
+    "logger=none",
+    "logger.log_every_steps=1",
+    "trainer.progress=false",
+]
+
+
+def run_train(out: Path, overrides: List[str], env: Dict[str, str] = None, timeout: int = 300,
+              module: List[str] = None, check: bool = True) -> subprocess.CompletedProcess:
+    cmd = (module or [sys.executable, "-m", "luna.train"]) + TINY + overrides + [f"hydra.run.dir={out}"]
+    e = dict(os.environ, PYTHONUNBUFFERED="1", WANDB_MODE=os.environ.get("WANDB_MODE", "offline"), **(env or {}))
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=ROOT, env=e)
+    if check and r.returncode != 0:
+        raise AssertionError(f"training failed ({r.returncode}):\n{r.stdout[-3000:]}\n{r.stderr[-5000:]}")
+    return r
+
+
+def metrics(out: Path) -> dict:
+    return json.loads((out / "metrics.json").read_text())
+
+
+def load(path: Path) -> dict:
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def assert_same_tensors(a: dict, b: dict, exact: bool = True, atol: float = 0.0) -> None:
+    assert a.keys() == b.keys()
+    for k in a:
+        if exact:
+            assert torch.equal(a[k], b[k]), f"{k} differs"
+        else:
+            assert torch.allclose(a[k].double(), b[k].double(), atol=atol, rtol=1e-3), f"{k} differs beyond tolerance"
