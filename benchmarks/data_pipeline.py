@@ -1,4 +1,4 @@
-"""Data pipeline throughput: audio seconds delivered per wall-clock second, per worker process.
+"""Data pipeline throughput: audio seconds delivered per CPU second (per core) and per wall second.
 
 Setting: the bundled corpus's train split (16 kHz FLAC), 1 s segments resampled to 24 kHz, batch 16,
 random crops, loop over the loader only (no model). The split is repeated so one epoch is long enough
@@ -14,11 +14,13 @@ import argparse
 import os
 import resource
 import time
+from pathlib import Path
 from typing import Dict, List
 
 import torch
 from omegaconf import OmegaConf
 
+import luna
 from luna.config import DataConfig
 from luna.data import SegmentDataset, make_loader, prepare, split_of
 
@@ -28,8 +30,8 @@ BATCH = 16
 
 
 def _dataset(min_items: int) -> SegmentDataset:
-    root = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "luna", "data", "minispeech")
-    cfg = OmegaConf.structured(DataConfig(root=root, subsets=["train-mini"]))
+    root = Path(luna.__file__).resolve().parent / "data" / "minispeech"  # what ${luna_pkg:} points at
+    cfg = OmegaConf.structured(DataConfig(root=str(root), subsets=["train-mini"]))
     train = [e for e in prepare(cfg).entries if split_of(e.id, cfg.val_fraction) == "train"]
     repeats = -(-min_items // len(train))
     return SegmentDataset(train * repeats, SAMPLE_RATE, SEGMENT_SECONDS, train=True, seed=0)

@@ -339,7 +339,7 @@ def validate(cfg: DictConfig) -> None:
             _fail("trainer.accumulate", f"must be >= 1, got {t.accumulate}")
         if t.max_bad_steps < 1:
             _fail("trainer.max_bad_steps", f"must be >= 1, got {t.max_bad_steps}")
-    if "checkpoint" in cfg:
+    if isinstance(cfg.get("checkpoint"), DictConfig):  # the trainer's group (eval's `checkpoint` is a path)
         c = cfg.checkpoint
         if c.every_epochs < 0:
             _fail("checkpoint.every_epochs", f"must be >= 0, got {c.every_epochs}")

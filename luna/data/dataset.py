@@ -191,6 +191,7 @@ def make_loader(
 
     Sets the dataset's epoch first, so workers (started per epoch, never persistent) copy it. The full
     epoch's batch count is ``loader.batch_sampler.batches_per_epoch``; ``len(loader)`` is what remains.
+    Iterating it leaves the global RNGs untouched (worker seeds come from ``(seed, epoch)``).
     """
     if hasattr(dataset, "set_epoch"):
         dataset.set_epoch(epoch)
@@ -201,8 +202,12 @@ def make_loader(
             f"the train split has {len(dataset)} files, fewer than one batch of {batch_size} per rank on "
             f"{world_size} rank(s); lower the batch size or add data"
         )
+    # its own generator: iterating a DataLoader otherwise draws worker seeds from the global torch RNG,
+    # so a resumed run (RNG restored mid-epoch) would diverge from the uninterrupted one
+    generator = torch.Generator()
+    generator.manual_seed(int(np.random.SeedSequence([seed & 0xFFFFFFFFFFFFFFFF, epoch]).generate_state(1, np.uint64)[0]))
     return DataLoader(dataset, batch_sampler=sampler, num_workers=num_workers, pin_memory=pin_memory,
-                      persistent_workers=False)
+                      persistent_workers=False, generator=generator)
 
 
 def prepare(data_cfg: Any) -> ManifestReport:

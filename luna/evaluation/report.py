@@ -302,6 +302,8 @@ def run_evaluation(cfg: DictConfig, out_dir: PathLike) -> Dict[str, Any]:
     """
     out_dir = Path(out_dir)
     ev = cfg.eval
+    if OmegaConf.is_missing(cfg, "checkpoint") or not cfg.checkpoint:
+        raise EvalError("checkpoint: required, e.g. checkpoint=outputs/runs/<run>/checkpoints/best.pt")
     files, preloaded = _inputs(cfg)
     device = _resolve_device(cfg.get("device", "auto"))
     tok = load_tokenizer(cfg, device)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import os
 import re
+import secrets
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
@@ -75,7 +76,7 @@ class WandbTracker(Tracker):
         if mode is None:
             mode = "online" if os.environ.get("WANDB_API_KEY") else "offline"
         id_file = directory / "wandb_run_id"
-        run_id = id_file.read_text().strip() if id_file.is_file() else wandb.util.generate_id()
+        run_id = id_file.read_text().strip() if id_file.is_file() else secrets.token_hex(4)
         id_file.parent.mkdir(parents=True, exist_ok=True)
         id_file.write_text(run_id)
         self.run = wandb.init(

@@ -94,3 +94,13 @@ def test_resume_and_workers_see_identical_audio(tmp_path):
     other_epoch = list(make_loader(ds, 3, train=True, seed=4, epoch=2))
     assert not torch.equal(full[0]["audio"], other_epoch[0]["audio"])
     assert full[0]["audio"].shape == (3, 6000) and full[0]["failed"].tolist() == [0, 0, 0]
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_iterating_leaves_the_global_rng_alone(workers):
+    """A resumed run restores the RNG mid-epoch and then builds a loader: that must not shift the stream."""
+    torch.manual_seed(123)
+    expected = torch.rand(3)
+    torch.manual_seed(123)
+    list(make_loader(Indices(12), 4, train=True, seed=0, epoch=1, num_workers=workers))
+    assert torch.equal(torch.rand(3), expected)

@@ -165,8 +165,19 @@ def test_in_process_errors(checkpoint, tmp_path):
         run_evaluation(eval_cfg(checkpoint, test_dir=str(folder)), tmp_path / "o3")
     report = json.loads((tmp_path / "o3" / "report.json").read_text())
     assert report["num_files"] == 0 and report["num_failed"] == 1 and report["mel_l1"] is None
+    with pytest.raises(EvalError, match="^checkpoint: required"):
+        run_evaluation(compose_cfg("eval", [f"input={SPEECH}"]), tmp_path / "o5")
     with pytest.raises(EvalError, match="not both"):
         run_evaluation(eval_cfg(checkpoint, input=str(SPEECH), test_dir=str(folder)), tmp_path / "o4")
+
+
+def test_quantizer_prefix_is_the_n_quantizer_encoding(checkpoint, speech):
+    """The quantizer sweep decodes code prefixes; that must equal tokenizing with fewer quantizers."""
+    from luna.models.tokenizer import SpeechTokenizer
+
+    tok = SpeechTokenizer.from_checkpoint(checkpoint)
+    full = tok.tokenize(speech, 16000)
+    assert torch.equal(tok.tokenize(speech, 16000, num_quantizers=1), full[:, :1])
 
 
 def test_report_eval_uses_dev_mini_mel_l1(checkpoint, tmp_path, capsys):

@@ -46,6 +46,15 @@ TINY_MPD = (8, 16, 32, 32, 32)
 TINY_MSD = (16, 16, 16, 32, 32, 32, 32)
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny convs gain nothing from threads, and on shared cores intra-op spinning can cost 10×."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def harmonic(sample_rate: int, seconds: float, batch: int = 1, f0: float = 140.0) -> torch.Tensor:
     """A vibrato harmonic tone with a tremolo envelope, ``[B, S]`` in [-0.8, 0.8]."""
     t = torch.arange(int(sample_rate * seconds)) / sample_rate

@@ -31,7 +31,7 @@ TINY = [
 def run_train(out: Path, overrides: List[str], env: Dict[str, str] = None, timeout: int = 300,
               module: List[str] = None, check: bool = True) -> subprocess.CompletedProcess:
     cmd = (module or [sys.executable, "-m", "luna.train"]) + TINY + overrides + [f"hydra.run.dir={out}"]
-    e = dict(os.environ, PYTHONUNBUFFERED="1", WANDB_MODE=os.environ.get("WANDB_MODE", "offline"), **(env or {}))
+    e = {**os.environ, "PYTHONUNBUFFERED": "1", "WANDB_MODE": os.environ.get("WANDB_MODE", "offline"), **(env or {})}
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=ROOT, env=e)
     if check and r.returncode != 0:
         raise AssertionError(f"training failed ({r.returncode}):\n{r.stdout[-3000:]}\n{r.stderr[-5000:]}")
