@@ -78,6 +78,7 @@ class DataConfig:
     md5: Dict[str, str] = field(default_factory=dict)  # archive name -> md5 sum
     cache_dir: Optional[str] = None  # where manifests go (default: <root>/.luna_manifests)
     segment_seconds: float = 1.0
+    crops_per_file: int = 1  # training items per file per epoch (each its own random crop)
     val_fraction: float = 0.05
     num_workers: Optional[int] = None  # null: from hardware
     batch_size: Optional[int] = None  # global batch; null: hardware.batch_size x world size
@@ -288,6 +289,8 @@ def validate(cfg: DictConfig) -> None:
             token_seconds = m.mel.hop_length * m.encoder_stride / m.mel.sample_rate
             if d.segment_seconds <= token_seconds:
                 _fail("data.segment_seconds", f"must be longer than one token ({token_seconds:.4f} s), got {d.segment_seconds}")
+        if d.crops_per_file < 1:
+            _fail("data.crops_per_file", f"must be >= 1, got {d.crops_per_file}")
         if not 0 <= d.val_fraction < 1:
             _fail("data.val_fraction", f"must be in [0, 1), got {d.val_fraction}")
         if d.batch_size is not None and d.batch_size < 1:

@@ -45,7 +45,7 @@ class SegmentDataset(Dataset):
     """
 
     def __init__(self, entries: Sequence[Entry], sample_rate: int, segment_seconds: float, train: bool,
-                 seed: int = 0):
+                 seed: int = 0, crops_per_file: int = 1):
         if segment_seconds <= 0:
             raise ValueError(f"segment_seconds must be > 0, got {segment_seconds}")
         # numpy arrays, not a list of objects: forked workers would touch (and so copy) every refcount
@@ -58,9 +58,18 @@ class SegmentDataset(Dataset):
         self.train = bool(train)
         self.seed = int(seed)
         self.epoch = 0
+        # items = files × crops_per_file: item i crops file i % files, each item its own random crop,
+        # so a corpus of a few minutes still makes epochs long enough to be worth a validation
+        self.crops_per_file = int(crops_per_file) if train else 1
+        if self.crops_per_file < 1:
+            raise ValueError(f"crops_per_file must be >= 1, got {crops_per_file}")
+
+    @property
+    def num_files(self) -> int:
+        return len(self._frames)
 
     def __len__(self) -> int:
-        return len(self._frames)
+        return self.num_files * self.crops_per_file
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = int(epoch)
@@ -72,9 +81,10 @@ class SegmentDataset(Dataset):
         """Total duration of the files (not of the segments)."""
         return float((self._frames / self._rates).sum()) if len(self) else 0.0
 
-    def crop_start(self, index: int) -> int:
-        """First frame (in the file's own rate) of item ``index``'s crop this epoch."""
-        frames, sr = int(self._frames[index]), int(self._rates[index])
+    def crop_start(self, index: int, file: int = None) -> int:
+        """First frame (in the file's own rate) of item ``index``'s crop of ``file`` (default: its own) this epoch."""
+        file = index % self.num_files if file is None else file
+        frames, sr = int(self._frames[file]), int(self._rates[file])
         unit, _, _ = _grid(sr, self.sample_rate)
         units = max(0, frames - _source_len(self.segment_samples, sr, self.sample_rate)) // unit
         if self.train:
@@ -87,10 +97,11 @@ class SegmentDataset(Dataset):
         if not -n <= index < n:
             raise IndexError(f"index {index} out of range for {n} items")
         index %= n
-        for failed in range(n):
-            i = (index + failed) % n
+        files = self.num_files
+        for failed in range(files):
+            i = (index + failed) % files
             try:
-                audio, length = self._segment(i)
+                audio, length = self._segment(i, (index + failed) % n)  # the crop item index + failed would get
             except AudioError as e:
                 path = self.path(i)
                 if path not in _reported:
@@ -98,11 +109,11 @@ class SegmentDataset(Dataset):
                     log.warning("skipping unreadable audio %s: %s", path, e)
                 continue
             return {"audio": audio, "length": torch.tensor(length), "failed": torch.tensor(failed)}
-        raise DataError(f"none of the {n} audio files of this dataset can be decoded (see the warnings above)")
+        raise DataError(f"none of the {files} audio files of this dataset can be decoded (see the warnings above)")
 
-    def _segment(self, i: int) -> Tuple[torch.Tensor, int]:
+    def _segment(self, i: int, index: int) -> Tuple[torch.Tensor, int]:
         frames, sr, seg = int(self._frames[i]), int(self._rates[i]), self.segment_samples
-        start = self.crop_start(i)
+        start = self.crop_start(index, i)
         unit, out_unit, context = _grid(sr, self.sample_rate)
         left = min(context, start)
         first = start - left
@@ -273,7 +284,8 @@ def build_datasets(data_cfg: Any, sample_rate: int, seed: int) -> Tuple[SegmentD
     if data_cfg.max_val_items > 0 and len(val) > data_cfg.max_val_items:
         val = sorted(sorted(val, key=lambda e: split_key(e.id))[: data_cfg.max_val_items], key=lambda e: e.id)
     segment = float(data_cfg.segment_seconds)
-    train_ds = SegmentDataset(train, sample_rate, segment, train=True, seed=seed)
+    train_ds = SegmentDataset(train, sample_rate, segment, train=True, seed=seed,
+                              crops_per_file=int(data_cfg.crops_per_file))
     val_ds = SegmentDataset(val, sample_rate, segment, train=False, seed=seed)
     info = DataInfo(
         root=str(report.root),

@@ -64,6 +64,12 @@ def ensure_subsets(data_cfg: Any) -> Path:
     for subset in names:
         if (root / subset).is_dir():
             continue
+        nested = root / ARCHIVE_PREFIX / subset
+        if nested.is_dir():  # data.root names the parent of an extracted copy: say so rather than download again
+            raise DataError(
+                f"LibriSpeech subset {subset!r} not found at {root / subset}, but {nested} exists: "
+                f"set data.root={root / ARCHIVE_PREFIX}"
+            )
         if not data_cfg.download:
             raise DataError(
                 f"LibriSpeech subset {subset!r} not found at {root / subset}. Set data.download=true to fetch "
@@ -107,9 +113,11 @@ def fetch(url: str, dest: Path, md5: Optional[str] = None, timeout: float = 60.0
     request = urllib.request.Request(url, headers={"User-Agent": "luna"})
     if offset:
         request.add_header("Range", f"bytes={offset}-")
+    log.info("downloading %s to %s%s", url, dest.parent, f" (resuming after {offset} bytes)" if offset else "")
     try:
         response = urllib.request.urlopen(request, timeout=timeout)
     except urllib.error.HTTPError as e:
+        e.close()
         if e.code == 416 and offset:  # range starts at the end: the .part is already complete
             response = None
         else:

@@ -609,7 +609,7 @@ class GriffinLimVocoder(Vocoder):
         super().__init__(mel_cfg)
         c = self.mel
         fb = torchaudio.functional.melscale_fbanks(
-            c.n_fft // 2 + 1, c.f_min, c.f_max if c.f_max is not None else c.sample_rate / 2, c.n_mels, c.sample_rate,
+            c.n_fft // 2 + 1, c.f_min, c.f_max if c.f_max is not None else float(c.sample_rate // 2), c.n_mels, c.sample_rate,
             "slaney" if c.mel_scale == "slaney" else None, c.mel_scale,
         )  # [n_freq, n_mels]
         self.register_buffer("fb", fb.T.contiguous(), persistent=False)  # [n_mels, n_freq]
@@ -704,12 +704,13 @@ def _check_official_mel(h: Mapping[str, Any], mel: MelConfig, path: Path) -> Non
     """The official config.json states its mel convention; it must agree with ``vocoder.mel``."""
     pairs = {"sampling_rate": "sample_rate", "n_fft": "n_fft", "win_size": "win_length", "hop_size": "hop_length",
              "num_mels": "n_mels", "fmin": "f_min", "fmax": "f_max"}  # fmt: skip
-    diffs = [
-        f"{ours}: config.json {h[theirs]!r} vs vocoder.mel {getattr(mel, ours)!r}"
-        for theirs, ours in pairs.items()
-        if theirs in h and (h[theirs] is None) != (getattr(mel, ours) is None)
-        or theirs in h and h[theirs] is not None and float(h[theirs]) != float(getattr(mel, ours))
-    ]
+    diffs = []
+    for theirs, ours in pairs.items():
+        if theirs not in h:
+            continue
+        a, b = h[theirs], getattr(mel, ours)
+        if (a is None or b is None) and a is not b or a is not None and b is not None and float(a) != float(b):
+            diffs.append(f"{ours}: config.json {a!r} vs vocoder.mel {b!r}")
     if diffs:
         raise ConfigError(f"vocoder.mel: disagrees with {path}: " + "; ".join(diffs))
 

@@ -224,3 +224,17 @@ def test_index_out_of_range(tmp_path):
     with pytest.raises(IndexError):
         ds[1]
     assert len(list(ds)) == 1  # the sequence protocol stops
+
+
+def test_crops_per_file_gives_each_item_its_own_crop_of_a_file(libri_tree):
+    entries = build_manifest(libri_tree, "librispeech", ["train-x"]).entries[:3]
+    ds = SegmentDataset(entries, 16000, 0.5, train=True, seed=1, crops_per_file=4)
+    assert len(ds) == 12 and ds.num_files == 3
+    starts = [ds.crop_start(i) for i in range(12)]
+    assert len(set(starts[0::3])) > 1  # the 4 items of file 0 are different crops
+    for i in range(12):
+        item = ds[i]
+        ref, _ = load(ds.path(i % 3), None, ds.crop_start(i), 8000)
+        assert torch.allclose(item["audio"][: ref.numel()], ref)
+    val = SegmentDataset(entries, 16000, 0.5, train=False, crops_per_file=4)
+    assert len(val) == 3  # validation crops stay fixed: one per file

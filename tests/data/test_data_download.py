@@ -171,3 +171,21 @@ def test_relative_root_is_relative_to_the_launch_dir(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     cfg = data_cfg("data/LibriSpeech", subsets=["train-mini"])
     assert ensure_subsets(cfg) == tmp_path / "data" / "LibriSpeech"
+
+
+def test_root_one_level_too_high_is_pointed_out_not_downloaded(tmp_path, serve):
+    server = serve({})
+    make_libri_tree(tmp_path / "LibriSpeech", "train-mini")
+    with pytest.raises(DataError, match="data.root=") as err:
+        ensure_subsets(_cfg(tmp_path, server, "0" * 32))
+    assert str(tmp_path / "LibriSpeech") in str(err.value) and server.requests == []
+
+
+def test_complete_part_file_is_verified_not_fetched_again(tmp_path, serve, minispeech_tarball):
+    server = serve({f"/{ARCHIVE}": minispeech_tarball})
+    root = tmp_path / "LibriSpeech"
+    (root / ".downloads").mkdir(parents=True)
+    (root / ".downloads" / f"{ARCHIVE}.part").write_bytes(minispeech_tarball)  # crashed before the rename
+    ensure_subsets(_cfg(root, server, md5(minispeech_tarball)))
+    assert server.requests == [{"path": f"/{ARCHIVE}", "range": f"bytes={len(minispeech_tarball)}-"}]  # 416
+    _assert_extracted(root)

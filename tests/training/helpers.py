@@ -17,6 +17,7 @@ TINY = [
     "hardware=cpu",
     "hardware.threads=1",
     "data.segment_seconds=0.5",
+    "data.crops_per_file=1",
     "data.batch_size=8",
     "data.num_workers=0",
     "data.max_val_items=8",
