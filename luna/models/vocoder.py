@@ -97,15 +97,20 @@ def get_padding(kernel_size: int, dilation: int = 1) -> int:
     return (kernel_size * dilation - dilation) // 2
 
 
-def _init_weights(m: nn.Module, mean: float = 0.0, std: float = 0.01) -> None:
-    """The official init (N(0, 0.01) conv weights), applied before weight norm splits g and v."""
-    if isinstance(m, (nn.Conv1d, nn.ConvTranspose1d)):
-        m.weight.data.normal_(mean, std)
-
-
 def _wn_conv(conv: nn.Module) -> nn.Module:
-    _init_weights(conv)
+    """Weight norm with PyTorch's default conv init, which is the official code's effective init.
+
+    The official code calls ``init_weights`` (N(0, 0.01)) *after* ``weight_norm``, where it only
+    overwrites the derived ``weight`` tensor that the next forward recomputes from g and v: a no-op.
+    Applying N(0, 0.01) for real would be a different init (far smaller than PyTorch's U(±1/√fan_in)
+    for narrow layers).
+    """
     return weight_norm(conv)
+
+
+def _res_conv(channels: int, kernel_size: int, dilation: int) -> nn.Module:
+    """Length-preserving dilated conv of the MRF blocks, ``[B, C, L] → [B, C, L]``."""
+    return _wn_conv(nn.Conv1d(channels, channels, kernel_size, 1, dilation=dilation, padding=get_padding(kernel_size, dilation)))
 
 
 def _remove_norm(module: nn.Module) -> None:
@@ -121,12 +126,8 @@ class ResBlock1(nn.Module):
 
     def __init__(self, channels: int, kernel_size: int = 3, dilation: Sequence[int] = (1, 3, 5)):
         super().__init__()
-        self.convs1 = nn.ModuleList(
-            [_wn_conv(nn.Conv1d(channels, channels, kernel_size, 1, dilation=d, padding=get_padding(kernel_size, d))) for d in dilation[:3]]
-        )
-        self.convs2 = nn.ModuleList(
-            [_wn_conv(nn.Conv1d(channels, channels, kernel_size, 1, dilation=1, padding=get_padding(kernel_size, 1))) for _ in range(3)]
-        )
+        self.convs1 = nn.ModuleList([_res_conv(channels, kernel_size, d) for d in dilation[:3]])
+        self.convs2 = nn.ModuleList([_res_conv(channels, kernel_size, 1) for _ in range(3)])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         for c1, c2 in zip(self.convs1, self.convs2):
@@ -145,9 +146,7 @@ class ResBlock2(nn.Module):
 
     def __init__(self, channels: int, kernel_size: int = 3, dilation: Sequence[int] = (1, 3)):
         super().__init__()
-        self.convs = nn.ModuleList(
-            [_wn_conv(nn.Conv1d(channels, channels, kernel_size, 1, dilation=d, padding=get_padding(kernel_size, d))) for d in dilation[:2]]
-        )
+        self.convs = nn.ModuleList([_res_conv(channels, kernel_size, d) for d in dilation[:2]])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         for c in self.convs:
@@ -202,7 +201,9 @@ def _check_arch(h: Dict[str, Any]) -> None:
         if k % 2 == 0:
             raise ConfigError(f"{key}.resblock_kernel_sizes: must be odd ('same' padding), got {k}")
         if len(d) != need:
-            raise ConfigError(f"{key}.resblock_dilation_sizes: resblock {h['resblock']} takes {need} dilations per kernel, got {d}")
+            raise ConfigError(
+                f"{key}.resblock_dilation_sizes: resblock {h['resblock']} takes {need} dilations per kernel, got {d}"
+            )
 
 
 class HiFiGANGenerator(nn.Module):
@@ -311,6 +312,10 @@ def hifigan_generator_config(
         if hop_length < 2:
             raise ConfigError(f"vocoder.mel.hop_length: HiFi-GAN needs hop_length >= 2, got {hop_length}")
         h["upsample_rates"], h["upsample_kernel_sizes"] = _factor_hop(hop_length, len(h["upsample_rates"]))
+        log.info(
+            "HiFi-GAN %s for hop %d: upsample rates %s, kernels %s",
+            architecture, hop_length, h["upsample_rates"], h["upsample_kernel_sizes"],
+        )
     h = _plain_arch(h)
     _check_arch(h)
     return h
@@ -339,9 +344,9 @@ class DiscriminatorP(nn.Module):
         norm_f = spectral_norm if use_spectral_norm else weight_norm
         chans = [1, *channels]
         pad = (get_padding(kernel_size, 1), 0)
+        strides = [stride] * (len(channels) - 1) + [1]  # the last conv keeps the time resolution
         self.convs = nn.ModuleList(
-            [norm_f(nn.Conv2d(chans[i], chans[i + 1], (kernel_size, 1), (stride, 1), padding=pad)) for i in range(len(channels) - 1)]
-            + [norm_f(nn.Conv2d(chans[-2], chans[-1], (kernel_size, 1), 1, padding=pad))]
+            norm_f(nn.Conv2d(chans[i], chans[i + 1], (kernel_size, 1), (s, 1), padding=pad)) for i, s in enumerate(strides)
         )
         self.conv_post = norm_f(nn.Conv2d(chans[-1], 1, (3, 1), 1, padding=(1, 0)))
 
@@ -424,7 +429,7 @@ class MultiScaleDiscriminator(nn.Module):
     def __init__(self, channels: Sequence[int] = (128, 128, 256, 512, 1024, 1024, 1024)):
         super().__init__()
         self.discriminators = nn.ModuleList(
-            [DiscriminatorS(use_spectral_norm=True, channels=channels), DiscriminatorS(channels=channels), DiscriminatorS(channels=channels)]
+            DiscriminatorS(use_spectral_norm=(i == 0), channels=channels) for i in range(3)
         )
         self.meanpools = nn.ModuleList([nn.AvgPool1d(4, 2, padding=2), nn.AvgPool1d(4, 2, padding=2)])
 
@@ -495,7 +500,9 @@ def _load_strict(module: nn.Module, state_dict: Mapping[str, torch.Tensor], what
     module.load_state_dict(state_dict, strict=True)
 
 
-def load_generator_state_dict(generator: HiFiGANGenerator, state_dict: Mapping[str, torch.Tensor], what: str = "generator") -> None:
+def load_generator_state_dict(
+    generator: HiFiGANGenerator, state_dict: Mapping[str, torch.Tensor], what: str = "generator"
+) -> None:
     """Load weights saved with weight norm (old or parametrization names) or without it (plain ``weight``)."""
     state_dict = convert_official_state_dict(state_dict)
     if not any(k.endswith("parametrizations.weight.original0") for k in state_dict):
@@ -540,7 +547,9 @@ def load_official_hifigan(checkpoint_path: Union[str, Path], config_path: Union[
     ckpt = load_weights(checkpoint_path)
     if not isinstance(ckpt, Mapping) or "generator" not in ckpt:
         keys = sorted(ckpt) if isinstance(ckpt, Mapping) else type(ckpt).__name__
-        raise RuntimeError(f"{checkpoint_path}: not an official HiFi-GAN generator file (expected key 'generator', found {keys})")
+        raise RuntimeError(
+            f"{checkpoint_path}: not an official HiFi-GAN generator file (expected key 'generator', found {keys})"
+        )
     generator = HiFiGANGenerator(h, num_mels=int(h.get("num_mels", 80)))
     load_generator_state_dict(generator, ckpt["generator"], what=str(checkpoint_path))
     generator.remove_weight_norm()
@@ -631,7 +640,8 @@ class GriffinLimVocoder(Vocoder):
             spec = torch.relu(self.inv_fb @ mel).clamp(min=1e-8)  # [B, n_freq, T]; > 0 so updates can move it
             target = self.fb.T @ mel  # [B, n_freq, T]
             for _ in range(self.nnls_iter):  # multiplicative NNLS updates: min ||fb · S − mel||, S ≥ 0
-                spec = spec * target / (self.fb.T @ (self.fb @ spec) + 1e-10)
+                # the floor keeps values out of float32's subnormal range, where CPU arithmetic crawls
+                spec = (spec * target / (self.fb.T @ (self.fb @ spec) + 1e-10)).clamp_min(1e-12)
             spec = torch.cat([spec[:, :, :1], spec, spec[:, :, -1:]], dim=2)  # [B, n_freq, T + 2]
             audio = torchaudio.functional.griffinlim(
                 spec, self.window, c.n_fft, c.hop_length, c.win_length, c.power, self.n_iter, self.momentum,
@@ -648,7 +658,9 @@ class HiFiGANVocoder(Vocoder):
         super().__init__(mel)
         self.kind = kind
         if generator.num_mels != self.mel.n_mels:
-            raise ConfigError(f"vocoder.mel.n_mels: the generator takes {generator.num_mels} mel bins, the mel config has {self.mel.n_mels}")
+            raise ConfigError(
+                f"vocoder.mel.n_mels: the generator takes {generator.num_mels} mel bins, the mel config has {self.mel.n_mels}"
+            )
         if generator.hop_length != self.mel.hop_length:
             raise ConfigError(
                 f"vocoder.mel.hop_length: the generator upsamples by {generator.hop_length} "
