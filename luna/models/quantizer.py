@@ -112,6 +112,8 @@ class EMACodebook(nn.Module):
         self.register_buffer("revivals", torch.zeros(codebook_size, dtype=torch.long))  # times each code was revived
         self.register_buffer("initialized", torch.zeros((), dtype=torch.bool))
         self.register_buffer("replaced", torch.zeros((), dtype=torch.long))  # codes revived in the last step
+        # assignments actually made (EMA), never touched by revival: what usage statistics report
+        self.register_buffer("usage_ema", torch.zeros(codebook_size))
 
     @property
     def codebook(self) -> torch.Tensor:
@@ -164,6 +166,7 @@ class EMACodebook(nn.Module):
         decay = 1 - (1 - self.decay) * finite  # 1.0 (no change) when not finite
         self.cluster_size.mul_(decay).add_(counts * (1 - decay))
         self.embed_sum.mul_(decay).add_(sums * (1 - decay))
+        self.usage_ema.mul_(decay).add_(counts * (1 - decay))
         self.grace.sub_(1).clamp_(min=0)
         self.revive(x, codes, finite)
 
@@ -297,18 +300,20 @@ class ResidualVectorQuantizer(nn.Module):
             out = out + self.layers[i].decode(codes[:, i])  # [B, T, D]
         return out.permute(0, 2, 1)
 
-    def cluster_sizes(self) -> torch.Tensor:
-        """EMA assignment counts ``[N, K]`` (for usage statistics without a host sync)."""
-        return torch.stack([layer.cluster_size for layer in self.layers])
+    def usage_counts(self) -> torch.Tensor:
+        """EMA of the assignments actually made ``[N, K]`` (revival priors excluded)."""
+        return torch.stack([layer.usage_ema for layer in self.layers])
 
     def replacements(self) -> torch.Tensor:
         """Codes revived in the last training step, per stage ``[N]``."""
         return torch.stack([layer.replaced for layer in self.layers])
 
     def stats(self) -> List[Dict[str, float]]:
-        """Per-stage usage/perplexity/entropy/dead count from the EMA statistics, plus replacements."""
-        dead_fraction = self.layers[0].dead_code_threshold if len(self.layers) else 0.0
-        out = usage_stats(self.cluster_sizes(), dead_fraction)
+        """Per-stage usage/perplexity/entropy/dead count of recent assignments, plus replacements.
+
+        A code counts as used when its share of recent assignments exceeds 1% of the uniform share.
+        """
+        out = usage_stats(self.usage_counts(), 0.01)
         for s, r in zip(out, self.replacements().tolist()):
             s["replacements"] = int(r)
         return out

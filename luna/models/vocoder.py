@@ -603,8 +603,8 @@ class GriffinLimVocoder(Vocoder):
     on every call: same numbers, ~10× faster as one matmul), clamped at 0, then refines it with
     ``nnls_iter`` multiplicative non-negative least-squares updates. On a synthetic harmonic signal
     (24 kHz, hop 240, 32 Griffin-Lim iterations) the refinement lowers the log-mel L1 of the
-    re-analysed output from 0.26 to 0.16 for ~40 % more time (5 s of audio: ~0.14 s instead of
-    ~0.10 s on 2 CPU threads). Phase starts at zero
+    re-analysed output from 0.26 to 0.16 for ~25 % more time (5 s of 24 kHz audio: ~0.11 s instead
+    of ~0.09 s on 2 CPU threads, RTF ≈ 0.02). Phase starts at zero
     (``rand_init=False``) so the output is deterministic. luna frames are STFT frames with
     ``center=False`` after a (n_fft − hop)/2 pad, i.e. frame t is centred at t·hop + hop/2 while
     torchaudio's Griffin-Lim centres frame j at j·hop; the first and last frames are repeated once at

@@ -183,3 +183,16 @@ def test_revival_settles_instead_of_cycling():
     used = usage_stats(layer.cluster_size[None])[0]["usage"]
     assert used > 0.6
     assert math.isfinite(layer.codebook.sum().item())
+
+
+def test_reported_usage_counts_real_assignments_not_revival_priors():
+    torch.manual_seed(0)
+    rvq = ResidualVectorQuantizer(2, 8, 1, decay=0.5, kmeans_iters=5, dead_code_threshold=0.5).train()
+    x = torch.tensor([[0.0, 0.0], [5.0, 5.0]]).repeat(64, 1)  # two points: at most 2 codes can be chosen
+    z = as_btd(x)
+    for _ in range(20):
+        rvq(z)
+    s = rvq.stats()[0]
+    assert s["usage"] == pytest.approx(2 / 8)  # revived codes sit in their grace period, unchosen
+    assert s["perplexity"] == pytest.approx(2.0, rel=1e-3)
+    assert s["replacements"] >= 0
