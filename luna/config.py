@@ -140,7 +140,8 @@ class VocoderConfig:
     config_path: Optional[str] = None
     architecture: str = "v1"  # HiFi-GAN preset: v1 | v2 | v3 (keys in `generator` override it)
     n_iter: int = 32  # Griffin-Lim iterations
-    finetune_from: Optional[str] = None
+    finetune_from: Optional[str] = None  # task=vocoder: train on this tokenizer checkpoint's reconstructed mels
+    discriminator_width: float = 1.0  # task=vocoder: fraction of the official discriminator channel widths
     generator: Dict[str, Any] = field(default_factory=dict)  # HiFi-GAN architecture (V1/V2/V3 presets)
 
 
@@ -278,6 +279,10 @@ def validate(cfg: DictConfig) -> None:
         validate_mel(cfg.vocoder.mel, "vocoder.mel")
         if cfg.vocoder.kind not in ("griffinlim", "hifigan", "hifigan_universal"):
             _fail("vocoder.kind", f"must be griffinlim, hifigan or hifigan_universal, got {cfg.vocoder.kind!r}")
+        if not 0 < cfg.vocoder.get("discriminator_width", 1.0) <= 1:
+            _fail("vocoder.discriminator_width", f"must be in (0, 1], got {cfg.vocoder.discriminator_width}")
+        if cfg.get("task") == "vocoder" and cfg.vocoder.kind != "hifigan":
+            _fail("vocoder.kind", f"task=vocoder trains a HiFi-GAN: use vocoder=hifigan, got {cfg.vocoder.kind!r}")
     if "data" in cfg:
         d = cfg.data
         if d.kind not in ("librispeech", "folder"):

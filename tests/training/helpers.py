@@ -3,8 +3,10 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Dict, List
 
@@ -54,3 +56,24 @@ def assert_same_tensors(a: dict, b: dict, exact: bool = True, atol: float = 0.0)
             assert torch.equal(a[k], b[k]), f"{k} differs"
         else:
             assert torch.allclose(a[k].double(), b[k].double(), atol=atol, rtol=1e-3), f"{k} differs beyond tolerance"
+
+
+def kill_at_step(out: Path, overrides: List[str], step: int) -> int:
+    """Start training, SIGKILL it once last.pt holds at least ``step`` steps, return how far it got."""
+    cmd = [sys.executable, "-m", "luna.train", *TINY, *overrides, f"hydra.run.dir={out}"]
+    p = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    last = out / "checkpoints" / "last.pt"
+    deadline = time.time() + 240
+    try:
+        while time.time() < deadline and p.poll() is None:
+            if last.is_file():
+                try:
+                    if load(last)["step"] >= step:
+                        break
+                except Exception:  # noqa: BLE001 - a file replaced under us: read again
+                    pass
+            time.sleep(0.05)
+    finally:
+        os.killpg(p.pid, signal.SIGKILL)
+        p.wait()
+    return load(last)["step"]

@@ -2,12 +2,7 @@
 from __future__ import annotations
 
 import logging
-import os
 import random
-import signal
-import subprocess
-import sys
-import time
 
 import pytest
 import torch
@@ -15,7 +10,7 @@ import torch
 from luna.serialization import CheckpointError, atomic_save
 from luna.training.checkpoint import CheckpointManager
 from tests.conftest import compose_train
-from tests.training.helpers import TINY, assert_same_tensors, load, metrics, run_train
+from tests.training.helpers import TINY, assert_same_tensors, kill_at_step, load, metrics, run_train
 
 
 def test_loss_falls_on_a_short_overfit_run(tmp_path):
@@ -48,27 +43,6 @@ def test_every_steps_writes_last_mid_epoch(tmp_path):
     assert not list((tmp_path / "checkpoints").glob("epoch_*.pt"))
 
 
-def _kill_at_step(out, overrides, step):
-    """Start training, SIGKILL it once last.pt holds at least ``step`` steps, return how far it got."""
-    cmd = [sys.executable, "-m", "luna.train", *TINY, *overrides, f"hydra.run.dir={out}"]
-    p = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    last = out / "checkpoints" / "last.pt"
-    deadline = time.time() + 240
-    try:
-        while time.time() < deadline and p.poll() is None:
-            if last.is_file():
-                try:
-                    if load(last)["step"] >= step:
-                        break
-                except Exception:  # noqa: BLE001 - a file replaced under us: read again
-                    pass
-            time.sleep(0.05)
-    finally:
-        os.killpg(p.pid, signal.SIGKILL)
-        p.wait()
-    return load(last)["step"]
-
-
 @pytest.mark.parametrize("workers", [0, 2])
 def test_sigkill_and_restart_gives_bit_identical_weights(tmp_path, workers):
     total = 14  # crosses an epoch boundary (9 steps per epoch)
@@ -77,7 +51,7 @@ def test_sigkill_and_restart_gives_bit_identical_weights(tmp_path, workers):
     ref, cut = tmp_path / "ref", tmp_path / "cut"
     run_train(ref, common)
     at = random.Random(workers).randint(3, total - 3)
-    reached = _kill_at_step(cut, common, at)
+    reached = kill_at_step(cut, common, at)
     assert reached < total, "the run finished before it could be killed; the test proves nothing"
     run_train(cut, common)  # the same command again: resume=auto
     a, b = load(ref / "checkpoints" / "last.pt"), load(cut / "checkpoints" / "last.pt")
