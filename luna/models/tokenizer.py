@@ -4,6 +4,7 @@ The public API of luna (re-exported as ``luna.SpeechTokenizer``).
 """
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -139,6 +140,52 @@ class SpeechTokenizer(nn.Module):
             },
             path,
         )
+
+    def save_pretrained(self, directory: Union[str, Path]) -> Path:
+        """``model.safetensors`` + ``config.json`` (+ ``vocoder.safetensors`` for a HiFi-GAN vocoder in use).
+
+        Portable and pickle-free: the weights are safetensors, the config is JSON.
+        """
+        from safetensors.torch import save_file
+
+        out = Path(directory)
+        out.mkdir(parents=True, exist_ok=True)
+        config = {
+            "format": "luna-pretrained-1",
+            "luna_version": __version__,
+            "model": OmegaConf.to_container(self.config, resolve=True),
+            "vocoder": OmegaConf.to_container(self.vocoder_config, resolve=True),
+        }
+        generator = getattr(self._vocoder, "generator", None)
+        if generator is not None:  # a HiFi-GAN in use travels with the tokenizer
+            config["vocoder"].update(kind=self._vocoder.kind, checkpoint=None, generator_config=generator.h)
+            save_file({k: v.detach().contiguous().cpu() for k, v in generator.state_dict().items()},
+                      str(out / "vocoder.safetensors"))
+        save_file({k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}, str(out / "model.safetensors"))
+        (out / "config.json").write_text(json.dumps(config, indent=2))
+        return out
+
+    @classmethod
+    def from_pretrained(cls, directory: Union[str, Path], map_location: Any = "cpu") -> "SpeechTokenizer":
+        """Inverse of :meth:`save_pretrained`; identical codes, no pickle involved."""
+        from safetensors.torch import load_file
+
+        d = Path(directory)
+        if not (d / "config.json").is_file() or not (d / "model.safetensors").is_file():
+            raise CheckpointError(f"{d}: not a luna pretrained dir (needs config.json and model.safetensors)")
+        config = json.loads((d / "config.json").read_text())
+        vocoder = dict(config.get("vocoder") or {})
+        generator_config = vocoder.pop("generator_config", None)
+        tok = cls(config["model"], vocoder)
+        tok._load_state(load_file(str(d / "model.safetensors")), d)
+        if generator_config is not None and (d / "vocoder.safetensors").is_file():
+            from luna.models.vocoder import HiFiGANGenerator, HiFiGANVocoder
+
+            gen = HiFiGANGenerator(generator_config, num_mels=tok.config.mel.n_mels)
+            gen.remove_weight_norm()
+            gen.load_state_dict(load_file(str(d / "vocoder.safetensors")))
+            tok.set_vocoder(HiFiGANVocoder(gen, tok.vocoder_config.mel, kind=vocoder.get("kind", "hifigan")))
+        return tok.to(map_location)
 
     def load_checkpoint(self, path: Union[str, Path]) -> "SpeechTokenizer":
         ckpt = safe_load(path, map_location=self.device)

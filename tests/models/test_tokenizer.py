@@ -150,3 +150,31 @@ def test_forward_returns_named_losses(tiny):
     w = tiny.config.loss
     expect = w.mel_l1 * out.losses["mel_l1"] + w.mel_mse * out.losses["mel_mse"] + w.commitment * out.losses["commitment"]
     assert torch.allclose(out.loss, expect)
+
+
+def test_save_pretrained_round_trip_gives_identical_codes(tiny, tmp_path):
+    x = torch.randn(2, 6000) * 0.1
+    codes = tiny.tokenize(x, tiny.sample_rate)
+    d = tiny.save_pretrained(tmp_path / "pretrained")
+    assert sorted(p.name for p in d.iterdir()) == ["config.json", "model.safetensors"]
+    again = SpeechTokenizer.from_pretrained(d)
+    assert torch.equal(again.tokenize(x, tiny.sample_rate), codes)
+    assert torch.equal(again.decode_mel(codes), tiny.decode_mel(codes))
+
+
+def test_save_pretrained_carries_a_hifigan_vocoder(tiny, tmp_path):
+    from luna.models.vocoder import HiFiGANGenerator, HiFiGANVocoder, hifigan_generator_config
+
+    h = hifigan_generator_config("v3", hop_length=tiny.config.mel.hop_length)
+    tok = SpeechTokenizer.from_config(tiny.config)
+    tok.load_state_dict(tiny.state_dict())
+    tok.set_vocoder(HiFiGANVocoder(HiFiGANGenerator(h, tiny.config.mel.n_mels), tiny.config.mel))
+    codes = tok.tokenize(torch.randn(1, 4000) * 0.1, tok.sample_rate)
+    audio = tok.detokenize(codes)
+    d = tok.save_pretrained(tmp_path / "with_vocoder")
+    assert (d / "vocoder.safetensors").is_file()
+    again = SpeechTokenizer.from_pretrained(d)
+    assert again.vocoder.kind == "hifigan"
+    assert torch.allclose(again.detokenize(codes), audio, atol=1e-6)
+    with pytest.raises(CheckpointError):
+        SpeechTokenizer.from_pretrained(tmp_path / "missing")
