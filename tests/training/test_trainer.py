@@ -145,3 +145,23 @@ def test_accumulation_counts_optimizer_steps_not_micro_batches(tmp_path):
     run_train(tmp_path, ["trainer.max_steps=3", "trainer.accumulate=4"])
     last = load(tmp_path / "checkpoints" / "last.pt")
     assert last["step"] == 3 and last["batch_pos"] == 12
+
+
+def test_codebook_alarm_fires_on_a_forced_collapse(tmp_path, monkeypatch, caplog):
+    """An encoder that outputs one constant vector collapses every quantizer onto one code."""
+    from luna.models.codec import Encoder
+    from luna.training.trainer import train
+
+    real = Encoder.forward
+    monkeypatch.setattr(Encoder, "forward", lambda self, mel: real(self, mel) * 0 + 1.0)
+    caplog.set_level(logging.WARNING, logger="luna.trainer")
+    train(_in_process_cfg(tmp_path, ["trainer.max_steps=3", "logger=tensorboard", "trainer.alarm_usage=0.1"]))
+    alarms = [r.message for r in caplog.records if "codebook alarm" in r.message]
+    assert alarms, "no alarm on a collapsed codebook"
+    assert "quantizer 0 uses 3.1% of 32 codes" in alarms[0] and "perplexity 1.0" in alarms[0]
+    assert "replaced this step" in alarms[0]
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    ea = EventAccumulator(str(tmp_path / "tensorboard"))
+    ea.Reload()
+    assert "codebook/q0_alarm" in ea.Tags()["scalars"]
