@@ -165,3 +165,24 @@ def test_codebook_alarm_fires_on_a_forced_collapse(tmp_path, monkeypatch, caplog
     ea = EventAccumulator(str(tmp_path / "tensorboard"))
     ea.Reload()
     assert "codebook/q0_alarm" in ea.Tags()["scalars"]
+
+
+def test_training_on_a_folder_with_broken_files_logs_what_it_skipped(tmp_path):
+    import shutil
+
+    from tests.conftest import MINISPEECH
+
+    root = tmp_path / "corpus"
+    for i, f in enumerate(sorted(MINISPEECH.glob("train-mini/*/*/*.flac"))[:12]):
+        (root / f"spk{i % 3}").mkdir(parents=True, exist_ok=True)
+        shutil.copy(f, root / f"spk{i % 3}" / f.name)
+    (root / "bad").mkdir()
+    (root / "bad" / "empty.flac").write_bytes(b"")
+    (root / "bad" / "notes.wav").write_text("not audio")
+    good = sorted(root.glob("spk0/*.flac"))[0].read_bytes()
+    (root / "bad" / "truncated.flac").write_bytes(good[: len(good) // 3])
+    r = run_train(tmp_path / "run", ["data=folder", f"data.root={root}", "data.batch_size=4", "trainer.max_steps=6"])
+    log = r.stdout + r.stderr
+    assert "2 unreadable skipped" in log  # found by the manifest pass (empty, not audio)
+    assert "truncated.flac" in log  # fails only when decoded: logged once, its items fall back
+    assert load(tmp_path / "run" / "checkpoints" / "last.pt")["step"] == 6
