@@ -242,121 +242,101 @@ def validate_mel(mel: Any, prefix: str) -> None:
         _fail(f"{prefix}.padding", f"must be reflect or constant, got {mel.padding!r}")
 
 
+def _check(node: Any, prefix: str, rules: Dict[str, tuple]) -> None:
+    """Apply ``{key: rule}`` to ``node``: ``(">=", lo)``, ``("in", choices)`` or ``("range", lo, hi, lo_open, hi_open)``.
+
+    Missing keys and null values are skipped (optional groups and optional values)."""
+    for key, rule in rules.items():
+        value = OmegaConf.select(node, key) if isinstance(node, DictConfig) else getattr(node, key, None)
+        if value is None:
+            continue
+        name = f"{prefix}.{key}" if prefix else key
+        kind = rule[0]
+        if kind == ">=" and value < rule[1]:
+            _fail(name, f"must be >= {rule[1]}, got {value}")
+        elif kind == "in" and value not in rule[1]:
+            _fail(name, f"must be one of {', '.join(map(str, rule[1]))}, got {value!r}")
+        elif kind == "range":
+            lo, hi, lo_open, hi_open = rule[1:]
+            if (value <= lo if lo_open else value < lo) or (value >= hi if hi_open else value > hi):
+                _fail(name, f"must be in {'(' if lo_open else '['}{lo}, {hi}{')' if hi_open else ']'}, got {value}")
+
+
+MODEL_RULES = {
+    "codebook_size": ("range", 2, 32768, False, False),  # <= 32768: codes are exported as int16
+    "num_quantizers": (">=", 1),
+    "codebook_dim": (">=", 0),
+    "encoder_stride": (">=", 1),
+    "res_blocks": (">=", 0),
+    "ema_decay": ("range", 0, 1, True, True),
+    "kmeans_iters": (">=", 0),
+    "dead_code_threshold": ("range", 0, 1, False, True),
+    "revival_grace_steps": (">=", 0),
+    "quantizer_dropout": ("range", 0, 1, False, False),
+    **{f"loss.{k}": (">=", 0) for k in ("mel_l1", "mel_mse", "commitment", "multiscale_mel")},
+}
+
+TRAIN_RULES = {
+    "data.kind": ("in", ("librispeech", "folder")),
+    "data.segment_seconds": ("range", 0, float("inf"), True, True),
+    "data.crops_per_file": (">=", 1),
+    "data.val_fraction": ("range", 0, 1, False, True),
+    "data.batch_size": (">=", 1),
+    "data.num_workers": (">=", 0),
+    "optimizer.lr": ("range", 0, float("inf"), True, True),
+    "optimizer.weight_decay": (">=", 0),
+    "optimizer.warmup_steps": (">=", 0),
+    "optimizer.scheduler": ("in", ("cosine", "constant", "exponential")),
+    "hardware.device": ("in", ("auto", "cpu", "cuda")),
+    "hardware.precision": ("in", ("fp32", "bf16", "fp16")),
+    "hardware.batch_size": (">=", 1),
+    "hardware.gpus": (">=", 1),
+    "hardware.nodes": (">=", 1),
+    "hardware.num_workers": (">=", 0),
+    "logger.wandb.mode": ("in", ("online", "offline", "disabled")),
+    "trainer.max_epochs": (">=", 1),
+    "trainer.grad_clip": (">=", 0),
+    "trainer.accumulate": (">=", 1),
+    "trainer.max_bad_steps": (">=", 1),
+    "vocoder.kind": ("in", ("griffinlim", "hifigan", "hifigan_universal")),
+    "vocoder.discriminator_width": ("range", 0, 1, True, False),
+    "task": ("in", ("tokenizer", "vocoder")),
+}
+
+CHECKPOINT_RULES = {"every_epochs": (">=", 0), "every_steps": (">=", 0), "keep_last": (">=", 1)}
+
+
 def validate_model(model: Any, prefix: str = "model") -> None:
     validate_mel(model.mel, f"{prefix}.mel")
-    if model.codebook_size < 2:
-        _fail(f"{prefix}.codebook_size", f"must be >= 2, got {model.codebook_size}")
-    if model.codebook_size > 32768:
-        _fail(f"{prefix}.codebook_size", f"must be <= 32768 (codes are exported as int16), got {model.codebook_size}")
-    if model.num_quantizers < 1:
-        _fail(f"{prefix}.num_quantizers", f"must be >= 1, got {model.num_quantizers}")
+    _check(model, prefix, MODEL_RULES)
     if model.hidden < 8 or model.hidden % 8:
         _fail(f"{prefix}.hidden", f"must be a positive multiple of 8 (GroupNorm groups), got {model.hidden}")
-    if model.codebook_dim < 0:
-        _fail(f"{prefix}.codebook_dim", f"must be >= 0 (0 = hidden), got {model.codebook_dim}")
-    if model.encoder_stride < 1:
-        _fail(f"{prefix}.encoder_stride", f"must be >= 1, got {model.encoder_stride}")
-    if model.res_blocks < 0:
-        _fail(f"{prefix}.res_blocks", f"must be >= 0, got {model.res_blocks}")
-    if not 0 < model.ema_decay < 1:
-        _fail(f"{prefix}.ema_decay", f"must be in (0, 1), got {model.ema_decay}")
-    if model.kmeans_iters < 0:
-        _fail(f"{prefix}.kmeans_iters", f"must be >= 0, got {model.kmeans_iters}")
-    if not 0 <= model.dead_code_threshold < 1:
-        _fail(f"{prefix}.dead_code_threshold", f"must be in [0, 1), got {model.dead_code_threshold}")
-    if not 0 <= model.quantizer_dropout <= 1:
-        _fail(f"{prefix}.quantizer_dropout", f"must be in [0, 1], got {model.quantizer_dropout}")
-    for name in ("mel_l1", "mel_mse", "commitment", "multiscale_mel"):
-        if getattr(model.loss, name) < 0:
-            _fail(f"{prefix}.loss.{name}", f"must be >= 0, got {getattr(model.loss, name)}")
 
 
 def validate(cfg: DictConfig) -> None:
     """Cross-field checks on a composed train/eval config; raises :class:`ConfigError` naming the key."""
     if "model" in cfg:
         validate_model(cfg.model)
-    if "vocoder" in cfg and cfg.vocoder is not None:
+    if cfg.get("vocoder") is not None:
         validate_mel(cfg.vocoder.mel, "vocoder.mel")
-        if cfg.vocoder.kind not in ("griffinlim", "hifigan", "hifigan_universal"):
-            _fail("vocoder.kind", f"must be griffinlim, hifigan or hifigan_universal, got {cfg.vocoder.kind!r}")
-        if not 0 < cfg.vocoder.get("discriminator_width", 1.0) <= 1:
-            _fail("vocoder.discriminator_width", f"must be in (0, 1], got {cfg.vocoder.discriminator_width}")
-        if cfg.get("task") == "vocoder" and cfg.vocoder.kind != "hifigan":
-            _fail("vocoder.kind", f"task=vocoder trains a HiFi-GAN: use vocoder=hifigan, got {cfg.vocoder.kind!r}")
-    if "data" in cfg:
-        d = cfg.data
-        if d.kind not in ("librispeech", "folder"):
-            _fail("data.kind", f"must be librispeech or folder, got {d.kind!r}")
-        if d.segment_seconds <= 0:
-            _fail("data.segment_seconds", f"must be > 0, got {d.segment_seconds}")
-        if "model" in cfg:
-            m = cfg.model
-            token_seconds = m.mel.hop_length * m.encoder_stride / m.mel.sample_rate
-            if d.segment_seconds <= token_seconds:
-                _fail("data.segment_seconds", f"must be longer than one token ({token_seconds:.4f} s), got {d.segment_seconds}")
-        if d.crops_per_file < 1:
-            _fail("data.crops_per_file", f"must be >= 1, got {d.crops_per_file}")
-        if not 0 <= d.val_fraction < 1:
-            _fail("data.val_fraction", f"must be in [0, 1), got {d.val_fraction}")
-        if d.batch_size is not None and d.batch_size < 1:
-            _fail("data.batch_size", f"must be >= 1, got {d.batch_size}")
-        if d.num_workers is not None and d.num_workers < 0:
-            _fail("data.num_workers", f"must be >= 0, got {d.num_workers}")
-    if "optimizer" in cfg:
-        o = cfg.optimizer
-        if o.lr <= 0:
-            _fail("optimizer.lr", f"must be > 0, got {o.lr}")
-        if o.weight_decay < 0:
-            _fail("optimizer.weight_decay", f"must be >= 0, got {o.weight_decay}")
-        if len(o.betas) != 2 or not all(0 <= b < 1 for b in o.betas):
-            _fail("optimizer.betas", f"must be two values in [0, 1), got {list(o.betas)}")
-        if o.warmup_steps < 0:
-            _fail("optimizer.warmup_steps", f"must be >= 0, got {o.warmup_steps}")
-        if o.scheduler not in ("cosine", "constant", "exponential"):
-            _fail("optimizer.scheduler", f"must be cosine, constant or exponential, got {o.scheduler!r}")
-    if "hardware" in cfg:
-        h = cfg.hardware
-        if h.device not in ("auto", "cpu", "cuda"):
-            _fail("hardware.device", f"must be auto, cpu or cuda, got {h.device!r}")
-        if h.precision not in ("fp32", "bf16", "fp16"):
-            _fail("hardware.precision", f"must be fp32, bf16 or fp16, got {h.precision!r}")
-        if h.batch_size < 1:
-            _fail("hardware.batch_size", f"must be >= 1, got {h.batch_size}")
-        if h.gpus < 1:
-            _fail("hardware.gpus", f"must be >= 1, got {h.gpus}")
-        if h.nodes < 1:
-            _fail("hardware.nodes", f"must be >= 1, got {h.nodes}")
-        if h.num_workers < 0:
-            _fail("hardware.num_workers", f"must be >= 0, got {h.num_workers}")
+    _check(cfg, "", TRAIN_RULES)
+    if isinstance(cfg.get("checkpoint"), DictConfig):  # the trainer's group (eval's `checkpoint` is a path)
+        _check(cfg.checkpoint, "checkpoint", CHECKPOINT_RULES)
+    if "data" in cfg and "model" in cfg:
+        m = cfg.model
+        token_seconds = m.mel.hop_length * m.encoder_stride / m.mel.sample_rate
+        if cfg.data.segment_seconds <= token_seconds:
+            _fail("data.segment_seconds", f"must be longer than one token ({token_seconds:.4f} s), got {cfg.data.segment_seconds}")
+    if "optimizer" in cfg and (len(cfg.optimizer.betas) != 2 or not all(0 <= b < 1 for b in cfg.optimizer.betas)):
+        _fail("optimizer.betas", f"must be two values in [0, 1), got {list(cfg.optimizer.betas)}")
     if "logger" in cfg:
         for b in cfg.logger.backends:
             if b not in ("tensorboard", "wandb"):
                 _fail("logger.backends", f"unknown backend {b!r} (tensorboard, wandb)")
-        mode = cfg.logger.wandb.mode
-        if mode is not None and mode not in ("online", "offline", "disabled"):
-            _fail("logger.wandb.mode", f"must be online, offline or disabled, got {mode!r}")
-    if "trainer" in cfg:
-        t = cfg.trainer
-        if t.max_epochs < 1:
-            _fail("trainer.max_epochs", f"must be >= 1, got {t.max_epochs}")
-        if t.max_steps == 0 or t.max_steps < -1:
-            _fail("trainer.max_steps", f"must be -1 (no limit) or >= 1, got {t.max_steps}")
-        if t.grad_clip < 0:
-            _fail("trainer.grad_clip", f"must be >= 0 (0 = off), got {t.grad_clip}")
-        if t.accumulate < 1:
-            _fail("trainer.accumulate", f"must be >= 1, got {t.accumulate}")
-        if t.max_bad_steps < 1:
-            _fail("trainer.max_bad_steps", f"must be >= 1, got {t.max_bad_steps}")
-    if isinstance(cfg.get("checkpoint"), DictConfig):  # the trainer's group (eval's `checkpoint` is a path)
-        c = cfg.checkpoint
-        if c.every_epochs < 0:
-            _fail("checkpoint.every_epochs", f"must be >= 0, got {c.every_epochs}")
-        if c.every_steps < 0:
-            _fail("checkpoint.every_steps", f"must be >= 0, got {c.every_steps}")
-        if c.keep_last < 1:
-            _fail("checkpoint.keep_last", f"must be >= 1, got {c.keep_last}")
-    if "task" in cfg and cfg.task not in ("tokenizer", "vocoder"):
-        _fail("task", f"must be tokenizer or vocoder, got {cfg.task!r}")
+    if "trainer" in cfg and (cfg.trainer.max_steps == 0 or cfg.trainer.max_steps < -1):
+        _fail("trainer.max_steps", f"must be -1 (no limit) or >= 1, got {cfg.trainer.max_steps}")
+    if cfg.get("task") == "vocoder" and cfg.vocoder.kind != "hifigan":
+        _fail("vocoder.kind", f"task=vocoder trains a HiFi-GAN: use vocoder=hifigan, got {cfg.vocoder.kind!r}")
     if "resume" in cfg and cfg.resume not in ("auto", "none") and not Path(str(cfg.resume)).is_file():
         _fail("resume", f"must be auto, none or an existing checkpoint file, got {cfg.resume!r}")
 
