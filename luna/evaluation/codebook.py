@@ -5,10 +5,11 @@ and summarized once at the end.
 """
 from __future__ import annotations
 
-import math
 from typing import Dict, List, Optional
 
 import torch
+
+from luna.models.quantizer import usage_stats
 
 
 def code_histogram(codes: torch.Tensor, codebook_size: int) -> torch.Tensor:
@@ -42,19 +43,8 @@ def codebook_stats(codes_or_counts: torch.Tensor, codebook_size: Optional[int] =
             raise ValueError(f"counts have {counts.shape[1]} codes per quantizer, expected {codebook_size}")
     else:
         raise ValueError(f"expected codes [B, N, T] or counts [N, K], got shape {tuple(codes_or_counts.shape)}")
-    k = counts.shape[1]
-    stats: List[Dict[str, Optional[float]]] = []
-    for row in counts.double():
-        total = float(row.sum())
-        used = int((row > 0).sum())
-        entry: Dict[str, Optional[float]] = {"usage": used / k, "dead_codes": k - used}
-        if total > 0:
-            p = row[row > 0] / total
-            entropy = float(-(p * p.log()).sum())
-            entry["perplexity"] = math.exp(entropy)
-            entry["entropy_normalized"] = entropy / math.log(k) if k > 1 else 0.0
-        else:
-            entry["perplexity"] = None
-            entry["entropy_normalized"] = None
-        stats.append(entry)
+    stats: List[Dict[str, Optional[float]]] = usage_stats(counts)  # the quantizer's own definitions
+    for entry, row in zip(stats, counts):
+        if float(row.sum()) == 0:  # nothing emitted: a distribution's entropy is undefined
+            entry["perplexity"] = entry["entropy_normalized"] = None
     return stats
