@@ -6,7 +6,7 @@ import pickle
 import tempfile
 import zipfile
 from pathlib import Path
-from typing import Any, Union
+from typing import Any, BinaryIO, Callable, Union
 
 import torch
 
@@ -19,15 +19,19 @@ class CheckpointError(RuntimeError):
     """A checkpoint that is missing, unsafe or incompatible; the message is one line naming the file."""
 
 
-def atomic_save(obj: Any, path: Union[str, Path]) -> None:
-    """Write to a temp file in the same dir, fsync, then rename: a crash leaves the old file intact."""
+def atomic_write(path: Union[str, Path], data: Union[bytes, Callable[[BinaryIO], Any]]) -> None:
+    """Write ``data`` (bytes, or a function of the open file) to a temp file in the same dir, fsync, rename,
+    fsync the dir: a crash at any point leaves the previous file intact and no partial one visible."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
-        os.fchmod(fd, 0o666 & ~_UMASK)  # mkstemp makes 0600; a checkpoint gets the usual file mode
+        os.fchmod(fd, 0o666 & ~_UMASK)  # mkstemp makes 0600; written files get the usual mode
         with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
+            if callable(data):
+                data(f)
+            else:
+                f.write(data)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -39,6 +43,11 @@ def atomic_save(obj: Any, path: Union[str, Path]) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def atomic_save(obj: Any, path: Union[str, Path]) -> None:
+    """``torch.save`` through :func:`atomic_write`."""
+    atomic_write(path, lambda f: torch.save(obj, f))
 
 
 def safe_load(path: Union[str, Path], map_location: Any = "cpu") -> Any:

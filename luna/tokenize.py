@@ -22,14 +22,12 @@ all) print one line ``error: ...`` on stderr and exit with code 2.
 """
 from __future__ import annotations
 
-import functools
 import hashlib
 import json
 import logging
 import math
 import os
 import sys
-import tempfile
 import time
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
@@ -44,7 +42,7 @@ from omegaconf import DictConfig, OmegaConf
 from luna import __version__
 from luna.config import CONF_DIR, ConfigError
 from luna.data.librispeech import DataError
-from luna.serialization import CheckpointError
+from luna.serialization import CheckpointError, atomic_write
 from luna.tokens import CODEC_FILE, FAILED_FILE, FORMAT, MANIFEST_FILE, PLAN_FILE, SHARD_DIR, shard_name
 
 log = logging.getLogger("luna.tokenize")
@@ -244,7 +242,7 @@ def _claim(out: Path, plan: Dict[str, Any]) -> None:
             raise TokenizeError(f"{out} holds another export (different {', '.join(differ)}); use another "
                                 f"output_dir, or delete it to start over")
         return
-    _atomic_write(path, json.dumps(plan, indent=2).encode("utf-8"))
+    atomic_write(path, json.dumps(plan, indent=2).encode("utf-8"))
 
 
 def _from_rank0(error: Optional[str]) -> Optional[str]:
@@ -289,9 +287,9 @@ def _export_shard(tok: Any, n: int, index: int, entries: Sequence[Any], shard_di
             offset += codes.shape[1]
         bar.update(1)
     array = np.concatenate(blocks, axis=1) if blocks else np.zeros((n, 0), dtype=np.int16)
-    _atomic_write(shard_dir / f"{name}.npy", lambda f: np.save(f, array, allow_pickle=False))
+    atomic_write(shard_dir / f"{name}.npy", lambda f: np.save(f, array, allow_pickle=False))
     part = {"shard": rel, "rows": rows, "failed": failed}
-    _atomic_write(shard_dir / f"{name}.json", json.dumps(part, ensure_ascii=False).encode("utf-8"))
+    atomic_write(shard_dir / f"{name}.json", json.dumps(part, ensure_ascii=False).encode("utf-8"))
 
 
 def _read(entry: Any):
@@ -332,8 +330,8 @@ def _merge(out: Path, num_shards: int, index_failed: Sequence[Tuple[str, str]], 
         rows += part["rows"]
         failed += part["failed"]
     failed.sort(key=lambda f: f["source_path"])
-    _atomic_write(out / MANIFEST_FILE, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows).encode("utf-8"))
-    _atomic_write(out / FAILED_FILE, "".join(json.dumps(f, ensure_ascii=False) + "\n" for f in failed).encode("utf-8"))
+    atomic_write(out / MANIFEST_FILE, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows).encode("utf-8"))
+    atomic_write(out / FAILED_FILE, "".join(json.dumps(f, ensure_ascii=False) + "\n" for f in failed).encode("utf-8"))
     codec = {
         "luna_version": __version__,
         "checkpoint": str(checkpoint),
@@ -355,7 +353,7 @@ def _merge(out: Path, num_shards: int, index_failed: Sequence[Tuple[str, str]], 
         "format": FORMAT,
         "model": plan["model"],
     }
-    _atomic_write(out / CODEC_FILE, (json.dumps(codec, indent=2, ensure_ascii=False) + "\n").encode("utf-8"))
+    atomic_write(out / CODEC_FILE, (json.dumps(codec, indent=2, ensure_ascii=False) + "\n").encode("utf-8"))
     return codec
 
 
@@ -365,37 +363,6 @@ def _sha256(path: Path) -> str:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()
-
-
-@functools.lru_cache(maxsize=1)
-def _umask() -> int:
-    mask = os.umask(0o022)  # reading the umask means setting it: put it straight back
-    os.umask(mask)
-    return mask
-
-
-def _atomic_write(path: Path, data: Any) -> None:
-    """Write ``data`` (bytes, or a function of the open file) to a hidden temp file, fsync, rename, fsync the dir."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes 0600: tokens are shared data, so honour the umask
-        with os.fdopen(fd, "wb") as f:
-            if callable(data):
-                data(f)
-            else:
-                f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-        dir_fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 if __name__ == "__main__":
