@@ -204,9 +204,18 @@ def register_configs() -> None:
 
 register_configs()
 
-#: ``${luna_pkg:}`` is the installed package dir (holds the bundled corpus)
-if not OmegaConf.has_resolver("luna_pkg"):
-    OmegaConf.register_new_resolver("luna_pkg", lambda: str(Path(__file__).resolve().parent))
+def slurm_gpus(device: str, gpus: int) -> Optional[int]:
+    """GPUs per node to ask SLURM for: none for CPU ranks (sbatch rejects a GPU request on a cluster
+    without GPU gres, and it never schedules on a CPU-only node), else one per rank (``auto`` too)."""
+    return None if str(device) == "cpu" else int(gpus)
+
+
+# Registered on import (every entry point imports this module before Hydra composes):
+#   ${luna_pkg:}                    the installed package dir (holds the bundled corpus)
+#   ${luna_slurm_gpus:device,gpus}  conf/hydra/launcher/slurm.yaml's gpus_per_node
+for _name, _fn in {"luna_pkg": lambda: str(Path(__file__).resolve().parent), "luna_slurm_gpus": slurm_gpus}.items():
+    if not OmegaConf.has_resolver(_name):
+        OmegaConf.register_new_resolver(_name, _fn)
 
 
 def _fail(key: str, msg: str) -> None:

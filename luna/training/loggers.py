@@ -147,6 +147,18 @@ class Trackers(Tracker):
                 log.warning("closing %s failed: %s", type(t).__name__, e)
 
 
+def sweep_group() -> Optional[str]:
+    """The Hydra sweep dir's name when this process runs a multirun job, else None: every run of one sweep
+    (and every requeue of a run) then lands in the same wandb group."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    if not HydraConfig.initialized():
+        return None
+    hc = HydraConfig.get()
+    return Path(str(hc.sweep.dir)).name if hc.mode == RunMode.MULTIRUN else None
+
+
 def build_trackers(logger_cfg: Any, output_dir: Path, name: str, group: Optional[str], config: Dict[str, Any]) -> Trackers:
     config = scrub(config)
     out: List[Tracker] = []

@@ -15,7 +15,7 @@ import os
 import random
 import time
 from pathlib import Path
-from typing import Any, Dict, Optional
+from typing import Any, Dict, Optional, Tuple
 
 import numpy as np
 import torch
@@ -29,7 +29,8 @@ from luna.data import build_datasets, make_loader, prepare
 from luna.models.tokenizer import SpeechTokenizer
 from luna.training import distributed
 from luna.training.checkpoint import CheckpointManager, rng_state, set_rng_state
-from luna.training.loggers import Trackers, build_trackers
+from luna.training.loggers import Trackers, build_trackers, sweep_group
+from luna.training.preemption import PreemptionWatch
 from luna.training.schedule import lr_at
 
 log = logging.getLogger("luna.trainer")
@@ -98,8 +99,8 @@ class Trainer:
             prepare(cfg.data)
         distributed.barrier()
         seed_everything(cfg.seed)  # identical initial weights on every rank and every run of this config
-        self.model = SpeechTokenizer.from_config(cfg).to(self.device)
-        self.train_ds, self.val_ds, self.data_info = build_datasets(cfg.data, self.model.sample_rate, cfg.seed)
+        self.build_models()
+        self.train_ds, self.val_ds, self.data_info = build_datasets(cfg.data, self.sample_rate, cfg.seed)
         self.num_workers = cfg.data.num_workers if cfg.data.num_workers is not None else cfg.hardware.num_workers
         batches = len(self._loader(0, 0))
         self.steps_per_epoch = batches // self.accumulate
@@ -112,11 +113,8 @@ class Trainer:
         if t.max_steps > 0:
             self.total_steps = min(self.total_steps, t.max_steps)
 
-        o = cfg.optimizer
-        self.base_lr = o.lr * cfg.hardware.lr_scale
-        self.optimizer = torch.optim.AdamW(
-            self.model.parameters(), lr=self.base_lr, betas=tuple(o.betas), weight_decay=o.weight_decay, eps=o.eps
-        )
+        self.base_lr = cfg.optimizer.lr * cfg.hardware.lr_scale
+        self.optimizer = self.adamw(self.model.parameters())
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype == torch.float16)
         self.ckpt = CheckpointManager(self.out / "checkpoints", cfg.checkpoint.keep_last)
         self.step = self.epoch = self.batch_pos = 0
@@ -127,12 +125,107 @@ class Trainer:
         self.failed_items = 0
         self.sync_checks = 0
         self._resume()
-        self.ddp = (
-            DDP(self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None, broadcast_buffers=False)
-            if env.distributed
-            else self.model
-        )
+        self.ddp = self.wrap(self.model)
         self.trackers: Optional[Trackers] = None
+
+    # ---- what a task defines (this class: the tokenizer; see vocoder_trainer.py for the GAN) -------
+    def build_models(self) -> None:
+        """Set ``self.model`` (saved as ``model``) and anything else the task trains."""
+        self.model = SpeechTokenizer.from_config(self.cfg).to(self.device)
+
+    @property
+    def sample_rate(self) -> int:
+        return self.model.sample_rate
+
+    def adamw(self, params, lr: Optional[float] = None, betas=None) -> torch.optim.Optimizer:
+        o = self.cfg.optimizer
+        return torch.optim.AdamW(params, lr=lr or self.base_lr, betas=tuple(betas or o.betas),
+                                 weight_decay=o.weight_decay, eps=o.eps)
+
+    def wrap(self, module: torch.nn.Module) -> torch.nn.Module:
+        """DDP over ``module`` when distributed (buffers are synchronized by the modules themselves)."""
+        if not self.env.distributed:
+            return module
+        ids = [self.device.index] if self.device.type == "cuda" else None
+        return DDP(module, device_ids=ids, broadcast_buffers=False)
+
+    def train_micro_step(self, audio: torch.Tensor, lengths: torch.Tensor, no_sync: bool) -> Dict[str, torch.Tensor]:
+        """Forward and backward of one micro-batch; returns the detached loss terms (``loss`` included)."""
+        with self.ddp.no_sync() if no_sync else contextlib.nullcontext():
+            with self._autocast():
+                out = self.ddp(audio, lengths)
+            self.scaler.scale(out.loss / self.accumulate).backward()
+        terms = {k: v.detach().float() for k, v in out.losses.items()}
+        terms["loss"] = out.loss.detach().float()
+        return terms
+
+    def optimizer_step(self, lr: float, last: Dict[str, torch.Tensor]) -> Tuple[bool, torch.Tensor]:
+        """Clip, check every rank is finite, step (or skip). Returns (stepped, grad norm)."""
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        self.scaler.unscale_(self.optimizer)
+        clip = self.cfg.trainer.grad_clip
+        grad_norm = torch.nn.utils.clip_grad_norm_(params, clip if clip > 0 else float("inf"))
+        finite = torch.isfinite(last["loss"]) & torch.isfinite(grad_norm)
+        finite = bool(distributed.all_reduce_mean(finite.float()) == 1.0)
+        for g in self.optimizer.param_groups:
+            g["lr"] = lr
+        if finite or self.scaler.is_enabled():
+            self.scaler.step(self.optimizer)  # GradScaler itself skips fp16 overflow steps
+            self.scaler.update()
+        self.optimizer.zero_grad(set_to_none=True)
+        return finite or self.scaler.is_enabled(), grad_norm
+
+    def validation_batch(self, audio: torch.Tensor, lengths: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, Any]:
+        """(loss, mel L1, what :meth:`log_media` shows) of one validation batch, eval mode, no grad."""
+        with self._autocast():
+            out = self.model(audio, lengths)
+        return out.loss, out.losses["mel_l1"], out
+
+    def log_media(self, out: Any) -> None:
+        import matplotlib.pyplot as plt
+
+        for j in range(min(self.cfg.logger.audio_samples, out.mel.shape[0])):
+            fig = mel_figure(out.mel[j], out.mel_hat[j])
+            self.trackers.log_figure(f"val/mel_{j}", fig, self.step)
+            plt.close(fig)
+            try:
+                audio = self.model.vocode(out.mel_hat[j : j + 1].float())[0].cpu().numpy()
+                self.trackers.log_audio(f"val/reconstruction_{j}", audio, self.model.sample_rate, self.step)
+            except Exception as e:  # noqa: BLE001 - a missing vocoder must not stop training
+                log.warning("no audio sample logged (vocoder unavailable: %s)", e)
+                return
+
+    def log_health(self, scalars: Dict[str, float]) -> None:
+        """Codebook usage, perplexity, replacements; an alarm line when a quantizer collapses."""
+        t = self.cfg.trainer
+        for i, s in enumerate(self.model.quantizer.stats()):
+            scalars[f"codebook/q{i}_usage"] = s["usage"]
+            scalars[f"codebook/q{i}_perplexity"] = s["perplexity"]
+            scalars[f"codebook/q{i}_replacements"] = float(s["replacements"])
+            if s["usage"] < t.alarm_usage or s["perplexity"] < t.alarm_perplexity:
+                msg = (f"codebook alarm: quantizer {i} uses {s['usage']:.1%} of {self.model.codebook_size} codes, "
+                       f"perplexity {s['perplexity']:.1f} (alarm below usage {t.alarm_usage:.1%} or perplexity "
+                       f"{t.alarm_perplexity}); {s['replacements']} codes replaced this step")
+                log.warning("step %d: %s", self.step, msg)
+                self.trackers.log_text("codebook/alarm", msg, self.step)
+                scalars[f"codebook/q{i}_alarm"] = 1.0
+
+    def describe(self) -> str:
+        m = self.model
+        return (f"{self.cfg.model.name}: {sum(p.numel() for p in m.parameters()) / 1e6:.1f}M parameters, "
+                f"{m.sample_rate} Hz, {m.frame_rate:.2f} tokens/s, {m.num_quantizers}×{m.codebook_size} codes = "
+                f"{m.bitrate:.0f} bps")
+
+    def task_state(self) -> Dict[str, Any]:
+        """What the task adds to a checkpoint beyond model/optimizer/scaler."""
+        return {}
+
+    def load_task_state(self, state: Dict[str, Any]) -> None:
+        pass
+
+    def task_metrics(self) -> Dict[str, Any]:
+        m = self.model
+        return {"codebooks": m.quantizer.stats(), "tokens_per_second": m.frame_rate, "bitrate_bps": m.bitrate}
 
     # ---- setup ----------------------------------------------------------------------------------
     def _loader(self, epoch: int, start_batch: int, train: bool = True):
@@ -159,6 +252,7 @@ class Trainer:
         self.optimizer.load_state_dict(state["optimizer"])
         if state.get("scaler"):
             self.scaler.load_state_dict(state["scaler"])
+        self.load_task_state(state)
         self.step, self.epoch, self.batch_pos = int(state["step"]), int(state["epoch"]), int(state["batch_pos"])
         self.best = float(state["best"])
         self.elapsed_before = float(state.get("elapsed", 0.0))
@@ -180,6 +274,7 @@ class Trainer:
             "elapsed": self.elapsed,
             "config": to_container(self.cfg),
             "luna_version": __version__,
+            **self.task_state(),
         }
 
     @property
@@ -201,17 +296,14 @@ class Trainer:
             self.trackers = build_trackers(
                 cfg.logger, self.out, name=self.out.name or "run", group=cfg.logger.wandb.group, config=to_container(cfg)
             )
-            m = self.model
             log.info(
-                "training %s: %.1fM parameters, %d Hz, %.2f tokens/s, %d×%d codes = %.0f bps | data: %s | "
-                "world %d (%s, %s), global batch %d (micro %d × accumulate %d) | %d steps/epoch, %d steps",
-                cfg.model.name, sum(p.numel() for p in m.parameters()) / 1e6, m.sample_rate, m.frame_rate,
-                m.num_quantizers, m.codebook_size, m.bitrate, self.data_info, env.world_size, env.mode,
-                self.device, self.global_batch, self.micro_batch, self.accumulate, self.steps_per_epoch,
-                self.total_steps,
+                "training %s | data: %s | world %d (%s, %s), global batch %d (micro %d × accumulate %d) | "
+                "%d steps/epoch, %d steps", self.describe(), self.data_info, env.world_size, env.mode, self.device,
+                self.global_batch, self.micro_batch, self.accumulate, self.steps_per_epoch, self.total_steps,
             )
         try:
-            result = self._loop()
+            with PreemptionWatch() as self.preemption:  # SLURM's warning signals: save at the next step
+                result = self._loop()
         finally:
             if self.trackers is not None:
                 self.trackers.close()
@@ -219,7 +311,6 @@ class Trainer:
 
     def _loop(self) -> Dict[str, Any]:
         cfg, env, t = self.cfg, self.env, self.cfg.trainer
-        params = [p for p in self.model.parameters() if p.requires_grad]
         audio_per_step = cfg.data.segment_seconds * self.global_batch  # audio-seconds per optimizer step
         sums: Dict[str, torch.Tensor] = {}
         n_sums = 0
@@ -240,32 +331,18 @@ class Trainer:
                 audio = batch["audio"].to(self.device, non_blocking=True)
                 lengths = batch["length"].to(self.device, non_blocking=True)
                 self.failed_items += int(batch["failed"].sum())
-                sync = env.distributed and micro < self.accumulate - 1
-                with self.ddp.no_sync() if sync else contextlib.nullcontext():
-                    with self._autocast():
-                        out = self.ddp(audio, lengths)
-                    self.scaler.scale(out.loss / self.accumulate).backward()
-                for k, v in out.losses.items():
-                    sums[k] = sums.get(k, 0) + v.detach().float()
-                sums["loss"] = sums.get("loss", 0) + out.loss.detach().float()
+                terms = self.train_micro_step(audio, lengths, no_sync=env.distributed and micro < self.accumulate - 1)
+                for k, v in terms.items():
+                    sums[k] = sums.get(k, 0) + v
                 n_sums += 1
                 self.batch_pos = i + 1
                 if micro < self.accumulate - 1:
                     continue
 
                 # ---- optimizer step (skipped if anything is non-finite on any rank) ----
-                self.scaler.unscale_(self.optimizer)
-                grad_norm = torch.nn.utils.clip_grad_norm_(params, t.grad_clip if t.grad_clip > 0 else float("inf"))
-                finite = torch.isfinite(out.loss.detach()) & torch.isfinite(grad_norm)
-                finite = distributed.all_reduce_mean(finite.float()) == 1.0
-                lr = lr_at(self.step, self.base_lr, self.total_steps, cfg.optimizer.warmup_steps,
-                           cfg.optimizer.scheduler, cfg.optimizer.min_lr_ratio, cfg.optimizer.gamma,
-                           self.steps_per_epoch)
-                for g in self.optimizer.param_groups:
-                    g["lr"] = lr
-                if bool(finite) or self.scaler.is_enabled():
-                    self.scaler.step(self.optimizer)  # GradScaler itself skips fp16 overflow steps
-                    self.scaler.update()
+                lr = self.lr_at(self.step)
+                stepped, grad_norm = self.optimizer_step(lr, terms)
+                if stepped:
                     self.bad_steps = 0
                 else:
                     self.bad_steps += 1
@@ -278,7 +355,6 @@ class Trainer:
                             f"stopping. Last good checkpoint: {self.ckpt.last}. Lower optimizer.lr, use "
                             f"hardware.precision=fp32, or check the data."
                         )
-                self.optimizer.zero_grad(set_to_none=True)
                 self.step += 1
                 bar.update(1)
 
@@ -290,7 +366,7 @@ class Trainer:
                     scalars["train/grad_norm"] = float(grad_norm)
                     scalars["train/audio_seconds_per_second"] = audio_per_step * steps / max(now - last_log_time, 1e-9)
                     scalars["data/failed_items"] = float(self.failed_items)
-                    self._log_codebooks(scalars)
+                    self.log_health(scalars)
                     self.trackers.log_scalars(scalars, self.step)
                     bar.set_postfix(loss=f"{scalars['train/loss']:.3f}", x_rt=f"{scalars['train/audio_seconds_per_second']:.0f}")
                     last_log_time, last_log_step = now, self.step
@@ -298,10 +374,16 @@ class Trainer:
                     sums, n_sums = {}, 0
                     self.check_ranks_in_sync()
 
-                if t.val_every_steps and self.step % t.val_every_steps == 0 and self.batch_pos < end:
+                last_step = self.step >= self.total_steps  # validated (and saved) below, once
+                if t.val_every_steps and self.step % t.val_every_steps == 0 and self.batch_pos < end and not last_step:
                     self._validate(log_media=False)
-                if cfg.checkpoint.every_steps and self.step % cfg.checkpoint.every_steps == 0 and self.batch_pos < end:
+                preempted = self.preemption.requested(self.device)  # a SLURM signal reached some rank
+                if preempted or (cfg.checkpoint.every_steps and self.step % cfg.checkpoint.every_steps == 0
+                                 and self.batch_pos < end):
                     self._save("last.pt")
+                if preempted:  # this step is on disk; now submitit requeues the job (or SLURM ends it)
+                    distributed.barrier()
+                    self.preemption.deliver(preempted, self.step)
                 timed_out = False
                 if t.max_minutes > 0:  # rank 0's clock decides for every rank
                     timed_out = distributed.broadcast_flag((time.time() - self._t0) / 60 >= t.max_minutes, self.device)
@@ -332,10 +414,9 @@ class Trainer:
         for batch in self._loader(0, 0, train=False):
             audio = batch["audio"].to(self.device)
             lengths = batch["length"].to(self.device)
-            with self._autocast():
-                out = self.model(audio, lengths)
-            n = audio.shape[0]
-            totals += torch.stack([out.loss.double() * n, out.losses["mel_l1"].double() * n, torch.tensor(float(n), device=self.device, dtype=torch.float64)])
+            loss, mel_l1, out = self.validation_batch(audio, lengths)
+            n = float(audio.shape[0])
+            totals += torch.stack([loss.double() * n, mel_l1.double() * n, torch.tensor(n, device=self.device, dtype=torch.float64)])
             if first is None:
                 first = out
         if self.env.distributed:
@@ -356,39 +437,11 @@ class Trainer:
             scalars = {"val/loss": val_loss, "val/mel_l1": val_mel}
             self.trackers.log_scalars(scalars, self.step)
             if log_media and first is not None and self.cfg.logger.audio_samples > 0:
-                self._log_media(first)
+                self.log_media(first)
             self._write_metrics()
         if improved:
             self._save("best.pt")
         return val_loss
-
-    def _log_media(self, out) -> None:
-        import matplotlib.pyplot as plt
-
-        for j in range(min(self.cfg.logger.audio_samples, out.mel.shape[0])):
-            fig = mel_figure(out.mel[j], out.mel_hat[j])
-            self.trackers.log_figure(f"val/mel_{j}", fig, self.step)
-            plt.close(fig)
-            try:
-                audio = self.model.vocode(out.mel_hat[j : j + 1].float())[0].cpu().numpy()
-                self.trackers.log_audio(f"val/reconstruction_{j}", audio, self.model.sample_rate, self.step)
-            except Exception as e:  # noqa: BLE001 - a missing vocoder must not stop training
-                log.warning("no audio sample logged (vocoder unavailable: %s)", e)
-                return
-
-    def _log_codebooks(self, scalars: Dict[str, float]) -> None:
-        t = self.cfg.trainer
-        for i, s in enumerate(self.model.quantizer.stats()):
-            scalars[f"codebook/q{i}_usage"] = s["usage"]
-            scalars[f"codebook/q{i}_perplexity"] = s["perplexity"]
-            scalars[f"codebook/q{i}_replacements"] = float(s["replacements"])
-            if s["usage"] < t.alarm_usage or s["perplexity"] < t.alarm_perplexity:
-                msg = (f"codebook alarm: quantizer {i} uses {s['usage']:.1%} of {self.model.codebook_size} codes, "
-                       f"perplexity {s['perplexity']:.1f} (alarm below usage {t.alarm_usage:.1%} or perplexity "
-                       f"{t.alarm_perplexity}); {s['replacements']} codes replaced this step")
-                log.warning("step %d: %s", self.step, msg)
-                self.trackers.log_text("codebook/alarm", msg, self.step)
-                scalars[f"codebook/q{i}_alarm"] = 1.0
 
     @torch.no_grad()
     def check_ranks_in_sync(self) -> None:
@@ -409,18 +462,21 @@ class Trainer:
         if self.env.is_main:
             self.ckpt.save(self.state(), name)
 
+    def lr_at(self, step: int) -> float:
+        o = self.cfg.optimizer
+        return lr_at(step, self.base_lr, self.total_steps, o.warmup_steps, o.scheduler, o.min_lr_ratio, o.gamma,
+                     self.steps_per_epoch)
+
     def _metrics(self) -> Dict[str, Any]:
-        m = self.model
         return {
+            "task": self.cfg.task,
             "best_val_loss": self.best,
             "first_val_loss": self.first_val_loss,
             **getattr(self, "last_val", {}),
             "step": self.step,
             "epoch": self.epoch,
             "elapsed_seconds": self.elapsed,
-            "codebooks": m.quantizer.stats(),
-            "tokens_per_second": m.frame_rate,
-            "bitrate_bps": m.bitrate,
+            **self.task_metrics(),
             "failed_items": self.failed_items,
             "world_size": self.env.world_size,
             "rank_sync_checks": self.sync_checks,
@@ -443,10 +499,16 @@ def _configure_threads(cfg: DictConfig, env: distributed.DistEnv) -> None:
 
 def run_rank(cfg: DictConfig, mode: str, rank: int = 0, world_size: int = 1) -> Dict[str, Any]:
     env = distributed.init(mode, cfg.hardware.device, rank, world_size)
+    if mode == "slurm" and not env.is_main:  # every SLURM task runs the Hydra job and logs to its train.log
+        logging.getLogger().setLevel(logging.WARNING)
     try:
         _configure_threads(cfg, env)
         if cfg.trainer.deterministic:
             torch.use_deterministic_algorithms(True, warn_only=True)
+        if cfg.task == "vocoder":
+            from luna.training.vocoder_trainer import VocoderTrainer  # subclass of Trainer: imported late
+
+            return VocoderTrainer(cfg, env).fit()
         return Trainer(cfg, env).fit()
     finally:
         distributed.cleanup()
@@ -465,6 +527,9 @@ def _spawned(rank: int, world_size: int, cfg_dict: Dict[str, Any]) -> None:
 
 def train(cfg: DictConfig) -> Dict[str, Any]:
     """Train with whatever launch mode the environment and ``hardware.gpus`` call for."""
+    group = sweep_group() if cfg.logger.wandb.group is None else None  # explicit group wins
+    if group:  # set here, before spawn: spawned ranks have no HydraConfig to read it from
+        cfg.logger.wandb.group = group
     mode = distributed.launch_mode(cfg.hardware.gpus)
     if mode == "spawn":
         Path(cfg.output_dir).mkdir(parents=True, exist_ok=True)
