@@ -11,12 +11,15 @@ Rules (DESIGN.md §3), each covered by a test:
   (encodec #25); the straight-through estimator is applied once, on the sum.
 - EMA statistics are all-reduced across ranks every step; all quantizer math runs in fp32.
 - Quantizer dropout: a fraction of the samples use a random 1..N quantizers, so one model serves every N.
+
+A training step reads nothing back to the host (no device sync on a GPU): the initialized flag is cached
+in Python, revival is masked tensor arithmetic, and counts use ``index_add_`` rather than ``bincount``.
 """
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Tuple
 
 import torch
 import torch.distributed as dist
@@ -58,23 +61,24 @@ def kmeans(x: torch.Tensor, k: int, iters: int, generator: torch.Generator) -> t
     """k-means++ seeding then Lloyd iterations on ``x [M, D]`` → centroids ``[k, D]``.
 
     With fewer vectors than codes the extra codes repeat data points (revival spreads them out later);
-    empty clusters keep their previous centroid.
+    empty clusters keep their previous centroid. The seeding loop is sequential (k draws), so each
+    iteration is kept to a few tensor ops and never reads a value back to the host.
     """
     m = x.shape[0]
     if m <= k:
         extra = torch.randint(0, m, (k - m,), generator=generator).to(x.device)
         return torch.cat([x, x[extra]])
     first = int(torch.randint(0, m, (1,), generator=generator))
-    centroids = [x[first]]
+    centroids = [x[first : first + 1]]
     d2 = (x - x[first]).pow(2).sum(1)  # [M] squared distance to the nearest chosen centroid
     u = torch.rand(k, generator=generator).to(x.device, torch.float64)
     for i in range(1, k):  # D² sampling by inverse CDF (no host sync per draw)
-        cdf = torch.cumsum(d2.double(), 0)
-        j = torch.searchsorted(cdf, (u[i] * cdf[-1]).reshape(1)).clamp(max=m - 1)
-        c = x[j[0]]
+        cdf = torch.cumsum(d2, 0, dtype=torch.float64)
+        j = torch.searchsorted(cdf, cdf[-1:] * u[i]).clamp_(max=m - 1)  # [1]
+        c = x.index_select(0, j)  # [1, D]
         centroids.append(c)
-        d2 = torch.minimum(d2, (x - c).pow(2).sum(1))
-    centroids = torch.stack(centroids)
+        d2 = torch.minimum(d2, torch.sub(x, c).square_().sum(1))
+    centroids = torch.cat(centroids)
     for _ in range(iters):
         assign = _nearest(x, centroids)
         sums = torch.zeros_like(centroids).index_add_(0, assign, x)
@@ -83,14 +87,23 @@ def kmeans(x: torch.Tensor, k: int, iters: int, generator: torch.Generator) -> t
     return centroids
 
 
-def _nearest(x: torch.Tensor, codebook: torch.Tensor) -> torch.Tensor:
-    """Index of the nearest code for each row of ``x [M, D]``: one matmul, argmin of ||e||² - 2 x·e."""
-    scores = torch.addmm(codebook.pow(2).sum(1)[None, :], x, codebook.t(), alpha=-2.0)  # [M, K]
+def _nearest(x: torch.Tensor, codebook: torch.Tensor, sq_norms: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """Index of the nearest code for each row of ``x [M, D]``: one matmul, argmin of ||e||² - 2 x·e.
+
+    ``sq_norms [K]`` (= ||e||², see :meth:`EMACodebook.tables`) skips recomputing the norms per call.
+    """
+    if sq_norms is None:
+        sq_norms = codebook.pow(2).sum(1)
+    scores = torch.addmm(sq_norms[None, :], x, codebook.t(), alpha=-2.0)  # [M, K]
     return scores.argmin(dim=1)
 
 
 class EMACodebook(nn.Module):
-    """One RVQ stage: K codes of size D held as EMA statistics (buffers, never optimizer parameters)."""
+    """One RVQ stage: K codes of size D held as EMA statistics (buffers, never optimizer parameters).
+
+    A training step never reads a tensor back to the host on an accelerator (no per-step sync): the
+    ``initialized`` flag is cached in Python and revival is done with masked tensor ops.
+    """
 
     def __init__(
         self,
@@ -114,18 +127,56 @@ class EMACodebook(nn.Module):
         self.register_buffer("replaced", torch.zeros((), dtype=torch.long))  # codes revived in the last step
         # assignments actually made (EMA), never touched by revival: what usage statistics report
         self.register_buffer("usage_ema", torch.zeros(codebook_size))
+        # host-side caches keyed by (storage, version) of the buffers they derive from: any in-place change
+        # (EMA update, revival, load_state_dict's copy_, fill_) or a move to another device invalidates them
+        self._init_key: Optional[tuple] = None
+        self._init_value = False
+        self._tables_key: Optional[tuple] = None
+        self._tables: Optional[Tuple[torch.Tensor, torch.Tensor]] = None
+
+    @staticmethod
+    def _key(*buffers: torch.Tensor) -> Optional[tuple]:
+        """Identity + version of the buffers; None for inference tensors, which have no version counter
+        (a module built under ``torch.inference_mode``): those are never cached."""
+        if any(b.is_inference() for b in buffers):
+            return None
+        return tuple(v for b in buffers for v in (b.data_ptr(), b._version))
+
+    @property
+    def is_initialized(self) -> bool:
+        """``bool(initialized)``, read from the device only when the buffer changed (not once per step)."""
+        key = self._key(self.initialized)
+        if key is None or key != self._init_key:
+            self._init_value, self._init_key = bool(self.initialized), key
+        return self._init_value
 
     @property
     def codebook(self) -> torch.Tensor:
         """``[K, D]`` derived every time: a replacement of both statistics is final."""
         return self.embed_sum / self.cluster_size.clamp(min=self.eps)[:, None]
 
+    def tables(self) -> Tuple[torch.Tensor, torch.Tensor]:
+        """(codebook ``[K, D]``, squared norms ``[K]``), recomputed only when the statistics changed.
+
+        Inference reuses them across calls; a training step derives them once per stage instead of once
+        per use (encode, decode).
+        """
+        key = self._key(self.embed_sum, self.cluster_size)
+        if key is None or key != self._tables_key or self._tables is None:
+            with torch.no_grad():
+                cb = self.codebook
+                tables = (cb, cb.pow(2).sum(1))
+            if key is None:
+                return tables
+            self._tables, self._tables_key = tables, key
+        return self._tables
+
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         """``x [M, D]`` → codes ``[M]`` (pure; no statistics touched)."""
-        return _nearest(x.float(), self.codebook)
+        return _nearest(x.float(), *self.tables())
 
     def decode(self, codes: torch.Tensor) -> torch.Tensor:
-        return F.embedding(codes, self.codebook)
+        return F.embedding(codes, self.tables()[0])
 
     def dead_mask(self) -> torch.Tensor:
         share = self.cluster_size / self.cluster_size.sum().clamp(min=self.eps)
@@ -143,9 +194,8 @@ class EMACodebook(nn.Module):
         proj = torch.randn(x.shape[1], generator=torch.Generator().manual_seed(0)).to(x)
         x = x[torch.argsort(x @ proj)]
         centroids = kmeans(x, self.codebook_size, self.kmeans_iters, generator)
-        counts = torch.bincount(_nearest(x, centroids), minlength=self.codebook_size).float()
         # a uniform prior count so no code starts dead; the codebook is exactly the centroids
-        size = torch.full_like(counts, max(float(x.shape[0]) / self.codebook_size, 1.0))
+        size = torch.full_like(self.cluster_size, max(float(x.shape[0]) / self.codebook_size, 1.0))
         self.cluster_size.copy_(size)
         self.embed_sum.copy_(centroids * size[:, None])
         if _distributed():
@@ -154,45 +204,60 @@ class EMACodebook(nn.Module):
         self.initialized.fill_(True)
 
     @torch.no_grad()
-    def update(self, x: torch.Tensor, codes: torch.Tensor) -> None:
-        """EMA update from this batch (all-reduced over ranks), then dead-code revival."""
-        finite = torch.isfinite(x).all().float()  # a non-finite batch (any rank) leaves the codebook as it was
-        counts = torch.bincount(codes, minlength=self.codebook_size).float()  # [K]
-        sums = torch.zeros_like(self.embed_sum).index_add_(0, codes, torch.nan_to_num(x))  # [K, D]
+    def update(self, x: torch.Tensor, codes: torch.Tensor, finite: Optional[torch.Tensor] = None) -> None:
+        """EMA update from this batch (all-reduced over ranks), then dead-code revival.
+
+        ``finite`` (a bool scalar: is this rank's batch finite?) may come from the caller, which has
+        usually computed it more cheaply; by default it is ``isfinite(x).all()``.
+        """
+        if finite is None:
+            finite = torch.isfinite(x).all()
+        finite = finite.float()  # a non-finite batch (any rank) leaves the codebook as it was
+        # [K] assignment counts: index_add, not bincount, which reads max(codes) back to the host on CUDA
+        ones = torch.ones_like(codes, dtype=self.cluster_size.dtype)
+        counts = torch.zeros_like(self.cluster_size).index_add_(0, codes, ones)
+        # NaN/inf summed, then zeroed on the [K, D] sums (cheaper than on x; scaled by 0 below anyway)
+        sums = torch.zeros_like(self.embed_sum).index_add_(0, codes, x).nan_to_num_()  # [K, D]
         if _distributed():
             dist.all_reduce(counts)
             dist.all_reduce(sums)
             dist.all_reduce(finite, op=dist.ReduceOp.MIN)
         decay = 1 - (1 - self.decay) * finite  # 1.0 (no change) when not finite
         self.cluster_size.mul_(decay).add_(counts * (1 - decay))
-        self.embed_sum.mul_(decay).add_(sums * (1 - decay))
-        self.usage_ema.mul_(decay).add_(counts * (1 - decay))
+        self.embed_sum.mul_(decay).add_(sums.mul_(1 - decay))
+        self.usage_ema.mul_(decay).add_(counts.mul_(1 - decay))
         self.grace.sub_(1).clamp_(min=0)
         self.revive(x, codes, finite)
 
     @torch.no_grad()
     def revive(self, x: torch.Tensor, codes: torch.Tensor, finite: torch.Tensor) -> None:
-        """Replace dead codes by the batch vectors this codebook quantizes worst (identical on all ranks)."""
-        dead = self.dead_mask() & (finite > 0)
-        n_dead = int(dead.sum())  # identical on every rank: the statistics were all-reduced
-        self.replaced.fill_(n_dead)
-        if n_dead == 0:
-            return
+        """Replace dead codes by the batch vectors this codebook quantizes worst (identical on all ranks).
+
+        Masked tensor ops, no host sync: the k-th dead code (by index) takes the k-th worst-quantized
+        vector of rank 0's batch, which is broadcast; the dead mask is computed from all-reduced
+        statistics, so every rank applies the same replacement. On CPU, where reading a flag costs
+        nothing, a step without dead codes skips the masked work (the result is the same).
+        """
+        dead = self.dead_mask() & (finite > 0) & (x.shape[0] > 0)  # [K], identical on every rank
+        self.replaced.copy_(dead.sum())
+        if x.shape[0] == 0 or x.device.type == "cpu" and not bool(dead.any()):
+            return  # nothing died (read for free on CPU), or no vectors to revive from
         if not _distributed() or dist.get_rank() == 0:
             err = (x - self.codebook[codes]).pow(2).sum(1)  # [M] squared quantization error
             order = err.argsort(descending=True)
-            picks = order[torch.arange(n_dead, device=x.device) % order.numel()]
-            share = float(self.cluster_size.sum()) / self.codebook_size  # a uniform share: alive at once
-            dead_idx = dead.nonzero().squeeze(1)
-            self.cluster_size[dead_idx] = share
-            self.embed_sum[dead_idx] = x[picks] * share
-            # a code that died again gets twice the grace each time: revival settles instead of cycling
-            backoff = torch.pow(2, self.revivals[dead_idx].clamp(max=10))
-            self.grace[dead_idx] = self.revival_grace_steps * backoff
-            self.revivals[dead_idx] += 1
+            slot = (dead.cumsum(0) - 1).clamp(min=0) % order.numel()  # [K] rank among the dead codes
+            candidates = x[order[slot]]  # [K, D] the replacement of each code, if it is dead
+        else:
+            candidates = torch.empty_like(self.embed_sum)
         if _distributed():
-            for buf in (self.cluster_size, self.embed_sum, self.grace, self.revivals):
-                dist.broadcast(buf, 0)
+            dist.broadcast(candidates, 0)
+        share = self.cluster_size.sum() / self.codebook_size  # a uniform share: alive at once
+        self.embed_sum.copy_(torch.where(dead[:, None], candidates * share, self.embed_sum))
+        self.cluster_size.copy_(torch.where(dead, share, self.cluster_size))
+        # a code that died again gets twice the grace each time: revival settles instead of cycling
+        backoff = torch.pow(2, self.revivals.clamp(max=10))
+        self.grace.copy_(torch.where(dead, self.revival_grace_steps * backoff, self.grace))
+        self.revivals.add_(dead)
 
 
 @dataclass
@@ -242,33 +307,41 @@ class ResidualVectorQuantizer(nn.Module):
         if not 1 <= n <= self.num_quantizers:
             raise ValueError(f"num_quantizers must be in 1..{self.num_quantizers}, got {n}")
         active_n = torch.full((b,), n, device=z.device, dtype=torch.long)
-        if self.training and self.quantizer_dropout > 0 and num_quantizers is None:
+        dropout = self.training and self.quantizer_dropout > 0 and num_quantizers is None
+        if dropout:
             drop = torch.rand(b, device=z.device) < self.quantizer_dropout
             random_n = torch.randint(1, n + 1, (b,), device=z.device)
             active_n = torch.where(drop, random_n, active_n)
-        x = z.permute(0, 2, 1)  # [B, T, D]
+        x = z.permute(0, 2, 1).reshape(b * t, d)  # [B*T, D]: one copy here instead of one per stage
         residual = x
         total = torch.zeros_like(x)
         stage_terms = []
         codes = []
         for i, layer in enumerate(self.layers[:n]):
-            flat = residual.reshape(-1, d)
-            if self.training and not bool(layer.initialized):
-                layer.init_kmeans(flat.detach(), self._generator())
-            idx = layer.encode(flat.detach())  # [B*T]
-            q = layer.decode(idx).view(b, t, d)
+            if self.training and not layer.is_initialized:
+                layer.init_kmeans(residual.detach(), self._generator())
+            codebook, sq_norms = layer.tables()
+            idx = _nearest(residual.detach(), codebook, sq_norms)  # [B*T]
+            q = F.embedding(idx, codebook)  # [B*T, D], no gradient (EMA codebook)
+            diff = residual - q  # the next stage's residual, built on the detached q (see module docstring)
+            err = diff.pow(2).sum(1)  # [B*T] squared distance to the chosen code
             if self.training:
-                layer.update(flat.detach(), idx)
-            mask = (active_n > i).to(x.dtype)[:, None, None]  # [B, 1, 1] stage used by this sample
-            per_sample = (residual - q.detach()).pow(2).mean(dim=(1, 2))  # [B]
-            stage_terms.append((per_sample * mask[:, 0, 0]).sum() / mask.sum().clamp(min=1))
-            total = total + q.detach() * mask
-            residual = residual - q.detach()  # detached: stage i+1's commitment reaches the encoder
+                # a non-finite residual (or code) makes err non-finite: a check on [B*T], not [B*T, D]
+                layer.update(residual.detach(), idx, finite=torch.isfinite(err.detach()).all())
+            per_sample = err.view(b, t).sum(1) / (t * d)  # [B] mean squared residual-to-code distance
+            if dropout:
+                mask = (active_n > i).to(x.dtype)  # [B] stage used by this sample
+                stage_terms.append((per_sample * mask).sum() / mask.sum().clamp(min=1))
+                total = total + (q.view(b, t, d) * mask[:, None, None]).view(b * t, d)
+            else:  # every sample uses every stage: the same numbers without the mask arithmetic
+                stage_terms.append(per_sample.mean())
+                total = total + q
+            residual = diff
             codes.append(idx.view(b, t))
         quantized = x + (total - x).detach()  # straight-through once, on the sum
         stage_commitment = torch.stack(stage_terms)
         return QuantizerOutput(
-            quantized=quantized.permute(0, 2, 1),
+            quantized=quantized.view(b, t, d).permute(0, 2, 1),
             codes=torch.stack(codes, dim=1),
             commitment=stage_commitment.sum(),
             stage_commitment=stage_commitment,
@@ -283,9 +356,11 @@ class ResidualVectorQuantizer(nn.Module):
         b, t, d = x.shape
         residual = x.reshape(-1, d)
         codes = []
-        for layer in self.layers[:n]:
-            idx = layer.encode(residual)
-            residual = residual - layer.decode(idx)
+        for i, layer in enumerate(self.layers[:n]):
+            codebook, sq_norms = layer.tables()
+            idx = _nearest(residual, codebook, sq_norms)
+            if i + 1 < n:  # the last residual is not needed
+                residual = residual - F.embedding(idx, codebook)
             codes.append(idx.view(b, t))
         return torch.stack(codes, dim=1)
 
