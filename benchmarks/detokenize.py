@@ -11,14 +11,13 @@ of the same speech. Target: the default path at RTF <= 0.1 on 2 CPU threads.
 """
 from __future__ import annotations
 
-import argparse
 import copy
 import warnings
 from typing import Dict, List
 
 import torch
 
-from benchmarks.run import CPU_THREADS, compose, interleaved, median, row, speech, threads
+from benchmarks.run import CPU_THREADS, compose, interleaved, main_of, median, row, speech, threads
 from benchmarks.tokenize import trained_like
 
 TARGET_RTF = 0.1
@@ -102,7 +101,4 @@ def run(quick: bool = False, smoke: bool = False) -> List[Dict]:
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true")
-    for r in run(quick=parser.parse_args().quick):
-        print(r)
+    main_of(run, __doc__)

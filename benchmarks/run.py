@@ -164,6 +164,14 @@ def row(
     }
 
 
+def main_of(run_fn: Callable[..., List[Dict[str, Any]]], doc: str) -> None:
+    """``python -m benchmarks.<module> [--quick]``: print one module's rows."""
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
+    parser.add_argument("--quick", action="store_true")
+    for r in run_fn(quick=parser.parse_args().quick):
+        print(r)
+
+
 def skipped(section: str, what: str, reason: str = "skipped: no CUDA device") -> Dict[str, Any]:
     """A row that could not be measured on this machine (``met`` stays None)."""
     return row(section, what, None, None, "", None, "cuda", target=None, met=None, note=reason, skipped=True)

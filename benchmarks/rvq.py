@@ -16,13 +16,12 @@ uniform share, 1.56, so ``ResidualVQ`` replaces codes that luna would call alive
 """
 from __future__ import annotations
 
-import argparse
 import warnings
 from typing import Callable, Dict, List, Tuple
 
 import torch
 
-from benchmarks.run import CPU_THREADS, interleaved, median, row, threads
+from benchmarks.run import CPU_THREADS, interleaved, main_of, median, row, threads
 
 TARGET = 3.0
 DIM, CODES, QUANTIZERS, DECAY, KMEANS_ITERS = 512, 1024, 8, 0.99, 10
@@ -166,7 +165,4 @@ def run(quick: bool = False, smoke: bool = False) -> List[Dict]:
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true")
-    for r in run(quick=parser.parse_args().quick):
-        print(r)
+    main_of(run, __doc__)

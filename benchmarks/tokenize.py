@@ -13,13 +13,12 @@ Target: luna >= 10x faster.
 """
 from __future__ import annotations
 
-import argparse
 import warnings
 from typing import Dict, List
 
 import torch
 
-from benchmarks.run import CPU_THREADS, compose, interleaved, median, row, speech, threads
+from benchmarks.run import CPU_THREADS, compose, interleaved, main_of, median, row, speech, threads
 
 TARGET = 10.0
 
@@ -126,7 +125,4 @@ def run(quick: bool = False, smoke: bool = False) -> List[Dict]:
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true")
-    for r in run(quick=parser.parse_args().quick):
-        print(r)
+    main_of(run, __doc__)

@@ -15,7 +15,6 @@ no baseline: these rows are luna's own figures (no target).
 """
 from __future__ import annotations
 
-import argparse
 import contextlib
 import os
 import time
@@ -23,7 +22,7 @@ from typing import Any, Dict, Iterator, List, Optional
 
 import torch
 
-from benchmarks.run import CPU_THREADS, compose, median, row, skipped, speech, threads
+from benchmarks.run import CPU_THREADS, compose, main_of, median, row, skipped, speech, threads
 
 AMP = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -147,7 +146,4 @@ def run(quick: bool = False, smoke: bool = False) -> List[Dict]:
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true")
-    for r in run(quick=parser.parse_args().quick):
-        print(r)
+    main_of(run, __doc__)
