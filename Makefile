@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed-$(shell cksum < pyproject.toml | cut -d' ' -f1)
 $(STAMP): pyproject.toml
 	@test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[dev]'
+	$(PY) -m pip install -q -e '.[dev,bench]'
 	@rm -f $(VENV)/.installed-* && touch $(STAMP)
 
 install: $(STAMP)
@@ -30,7 +30,6 @@ test-fast: install
 	$(PY) -m pytest -q -m "not slow and not slurm"
 
 bench: install
-	$(PY) -m pip install -q -e '.[dev,bench]'
 	$(PY) -m benchmarks.run
 
 clean:
