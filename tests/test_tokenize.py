@@ -196,7 +196,7 @@ def test_resume_after_kill_skips_finished_shards(export, checkpoint, env, tmp_pa
         proc.wait()
     assert proc.returncode == -signal.SIGKILL, "the export ended before it could be killed"
     done = sorted(p.name[: -len(".json")] for p in shards.glob("shard-*.json"))
-    assert 1 <= len(done) < 10 and not (out / "codec.json").exists()
+    assert 0 < len(done) < 10 and not (out / "codec.json").exists()
     with pytest.raises(luna.tokens.TokensError):
         luna.tokens.open(out)
     finished = [shards / f"{n}.{ext}" for n in done for ext in ("npy", "json")]

@@ -4,7 +4,7 @@ Three kinds behind one :class:`Vocoder` interface (see :func:`build_vocoder`):
 
 * ``griffinlim`` — no weights, always works (:class:`GriffinLimVocoder`);
 * ``hifigan`` — a HiFi-GAN generator trained by luna (``python -m luna.train task=vocoder``);
-* ``hifigan_universal`` — the official pretrained ``g_XXXXXXXX`` file, frozen (:func:`load_official_hifigan`).
+* ``hifigan_universal`` — the official pretrained generator file (e.g. ``g_02500000``), frozen (:func:`load_official_hifigan`).
 
 The HiFi-GAN generator and discriminators keep the official module and parameter names
 (jik876/hifi-gan ``models.py``) so official checkpoints map onto them one-to-one; weight norm uses the
@@ -531,7 +531,7 @@ def _freeze(module: nn.Module) -> nn.Module:
 
 
 def load_official_hifigan(checkpoint_path: Union[str, Path], config_path: Union[str, Path, None] = None) -> HiFiGANGenerator:
-    """An official HiFi-GAN generator (``g_XXXXXXXX`` + ``config.json``), eval mode, frozen, weight norm removed.
+    """An official HiFi-GAN generator (``g_<step>`` + ``config.json``, e.g. ``g_02500000``), eval mode, frozen, weight norm removed.
 
     ``config_path`` defaults to ``config.json`` next to the checkpoint (the official layout). The file
     is a dict with key ``generator`` (state dict with ``weight_g``/``weight_v`` names).
@@ -762,7 +762,7 @@ def build_vocoder(vocoder_cfg: Any, model_mel: Any = None) -> Vocoder:
     if kind == "hifigan_universal":
         ckpt_path = cfg.get("checkpoint")
         if not ckpt_path:
-            raise ConfigError("vocoder.checkpoint: vocoder=hifigan_universal needs the official g_XXXXXXXX file")
+            raise ConfigError("vocoder.checkpoint: vocoder=hifigan_universal needs the official generator file (g_<step>, e.g. g_02500000)")
         path = _resolve_path(str(ckpt_path))
         config_path = _resolve_path(str(cfg["config_path"])) if cfg.get("config_path") else path.parent / "config.json"
         for p, what in ((path, "vocoder.checkpoint"), (config_path, "vocoder.config_path")):

@@ -53,7 +53,7 @@ def non_finite_tensors(obj: Any, prefix: str = "") -> List[str]:
 
 
 class CheckpointManager:
-    """``last.pt`` (latest), ``best.pt`` (lowest val loss), ``epoch_XXXX.pt`` (every N epochs, keep K)."""
+    """``last.pt`` (latest), ``best.pt`` (lowest val loss), ``epoch_0001.pt``... (every N epochs, keep K)."""
 
     def __init__(self, directory: Path, keep_last: int):
         self.dir = Path(directory)
