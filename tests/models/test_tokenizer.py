@@ -132,7 +132,8 @@ def test_missing_and_mismatched_checkpoints_are_one_clear_error(tiny, tmp_path):
 
 @pytest.mark.parametrize(
     "preset,rate,tps,bps",
-    [("rvq8", 24000, 50.0, 4000.0), ("rvq4", 24000, 50.0, 2000.0), ("rvq8_12hz", 24000, 12.5, 1000.0),
+    [("rvq8", 24000, 50.0, 4000.0), ("rvq8_256", 24000, 50.0, 4000.0), ("rvq4", 24000, 50.0, 2000.0),
+     ("rvq8_12hz", 24000, 12.5, 1000.0),
      ("rvq8_22k", 22050, 22050 / 512, 22050 / 512 * 80), ("tiny", 16000, 50.0, 500.0)],
 )
 def test_rate_table(preset, rate, tps, bps):
