@@ -32,9 +32,9 @@ def main(cfg: DictConfig) -> float:
         sys.exit(2)
     if metrics:
         log.info(
-            "done: step %s, val loss first %.4f → best %.4f; checkpoints in %s/checkpoints",
-            metrics.get("step"), metrics.get("first_val_loss") or float("nan"), metrics.get("best_val_loss"),
-            metrics.get("output_dir"),
+            "done: step %s, val loss first %.4f → last %.4f (best %.4f); checkpoints in %s/checkpoints",
+            metrics.get("step"), metrics.get("first_val_loss") or float("nan"),
+            metrics.get("val_loss", float("nan")), metrics.get("best_val_loss"), metrics.get("output_dir"),
         )
     return float(metrics.get("best_val_loss", float("nan"))) if metrics else float("nan")
 
