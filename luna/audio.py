@@ -113,7 +113,3 @@ def save(path: PathLike, wav: torch.Tensor, sample_rate: int) -> None:
     x = wav.detach().float().reshape(-1).clamp(-1, 1).cpu().numpy()
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     sf.write(str(path), x, int(sample_rate), subtype="PCM_16")
-
-
-def seconds_to_samples(seconds: float, sample_rate: int) -> int:
-    return int(math.ceil(seconds * sample_rate))

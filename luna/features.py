@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import asdict, fields
-from typing import Any, Dict, List, Tuple
+from typing import Any, List, Tuple
 
 import torch
 import torchaudio
@@ -69,7 +69,3 @@ class MelSpectrogram(torch.nn.Module):
 
     def num_frames(self, num_samples: int) -> int:
         return num_samples // self.config.hop_length
-
-
-def describe(mel: Any) -> Dict[str, Any]:
-    return asdict(mel_config(mel))

@@ -273,19 +273,26 @@ def test_two_slurm_tasks_are_two_ddp_ranks_with_identical_weights(slurm, tmp_pat
     assert load(run / "checkpoints" / "last.pt")["step"] == 4
 
 
-@pytest.mark.slurm
-def test_scontrol_requeue_resumes_from_last_checkpoint(slurm, tmp_path):
-    sweep_dir, steps = tmp_path / "requeue", 400
-    job = Background(sweep_dir, [f"trainer.max_steps={steps}", "checkpoint.every_steps=1"])
+def _interrupted_run(sweep_dir, overrides, at_step, command):
+    """Run one SLURM job, hit it with ``command + [job id]`` once it reached ``at_step``, let the requeued
+    job finish; returns (run dir, its train.log)."""
+    job = Background(sweep_dir, overrides)
     try:
-        job_id = job.wait_for_step(10)
-        subprocess.run(["scontrol", "requeue", str(job_id)], check=True, capture_output=True, timeout=30)
+        job_id = job.wait_for_step(at_step)
+        subprocess.run([*command, str(job_id)], check=True, capture_output=True, timeout=30)
         [run] = run_dirs(sweep_dir)
         job.release_requeued(job_id, run / "train.log")
         job.finish()
     finally:
         job.stop()
-    log = (run / "train.log").read_text()
+    return run, (run / "train.log").read_text()
+
+
+@pytest.mark.slurm
+def test_scontrol_requeue_resumes_from_last_checkpoint(slurm, tmp_path):
+    steps = 400
+    run, log = _interrupted_run(tmp_path / "requeue", [f"trainer.max_steps={steps}", "checkpoint.every_steps=1"],
+                                10, ["scontrol", "requeue"])
     saved = [int(s) for s in re.findall(r"received SIGTERM: last\.pt holds step (\d+)", log)]
     resumed = [int(s) for s in re.findall(r"resumed from \S+/last\.pt at step (\d+)", log)]
     assert saved and resumed, log[-3000:]
@@ -298,17 +305,10 @@ def test_scontrol_requeue_resumes_from_last_checkpoint(slurm, tmp_path):
 def test_timeout_signal_saves_at_the_next_step_and_submitit_requeues(slurm, tmp_path):
     # USR2 is what SLURM sends signal_delay_s before the time limit; no periodic checkpoints: the step
     # resumed from can only come from the save the signal triggered; the wandb run must stay the same
-    sweep_dir, steps = tmp_path / "timeout", 200
-    job = Background(sweep_dir, [f"trainer.max_steps={steps}", "checkpoint.every_steps=0", "logger=wandb"])
-    try:
-        job_id = job.wait_for_step(18)  # two epochs done (9 steps each): training is well under way
-        subprocess.run(["scancel", "--signal=USR2", str(job_id)], check=True, capture_output=True, timeout=30)
-        [run] = run_dirs(sweep_dir)
-        job.release_requeued(job_id, run / "train.log")
-        job.finish()
-    finally:
-        job.stop()
-    log = (run / "train.log").read_text()
+    steps = 200
+    # signalled after two epochs (9 steps each): training is well under way
+    run, log = _interrupted_run(tmp_path / "timeout", [f"trainer.max_steps={steps}", "checkpoint.every_steps=0",
+                                "logger=wandb"], 18, ["scancel", "--signal=USR2"])
     saved = re.findall(r"received SIGUSR2: last\.pt holds step (\d+)", log)
     resumed = re.findall(r"resumed from \S+/last\.pt at step (\d+)", log)
     assert len(saved) == 1 and "Requeued job" in log, log[-3000:]  # submitit requeued it via checkpoint()
