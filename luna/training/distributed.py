@@ -7,7 +7,7 @@ from __future__ import annotations
 import datetime
 import logging
 import os
-import socket
+import tempfile
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -15,6 +15,8 @@ import torch
 import torch.distributed as dist
 
 log = logging.getLogger("luna.distributed")
+
+SPAWN_STORE = "LUNA_SPAWN_STORE"  # file:// rendezvous of in-process spawned ranks
 
 
 @dataclass
@@ -51,12 +53,6 @@ def launch_mode(gpus: int) -> str:
     return "single"
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def init(mode: str, device: str, rank: int = 0, world_size: int = 1) -> DistEnv:
     """Join the process group for ``mode`` (gloo on CPU, nccl on CUDA) and pick this rank's device."""
     if mode == "slurm":  # submitit sets MASTER_ADDR/PORT, RANK, WORLD_SIZE, LOCAL_RANK from the task env
@@ -72,18 +68,26 @@ def init(mode: str, device: str, rank: int = 0, world_size: int = 1) -> DistEnv:
         torch.cuda.set_device(dev)
     if world_size > 1:
         backend = "nccl" if cuda else "gloo"
+        init_method = os.environ.get(SPAWN_STORE) if mode == "spawn" else None  # else env:// (torchrun, SLURM)
         dist.init_process_group(
-            backend, rank=rank, world_size=world_size, timeout=datetime.timedelta(minutes=30)
+            backend, init_method=init_method, rank=rank, world_size=world_size, timeout=datetime.timedelta(minutes=30)
         )
         log.info("rank %d/%d joined (%s, %s, device %s)", rank, world_size, mode, backend, dev)
     return DistEnv(rank=rank, local_rank=local_rank, world_size=world_size, mode=mode, device=dev)
 
 
 def spawn(fn: Callable[..., Any], nprocs: int, *args: Any) -> None:
-    """Run ``fn(rank, nprocs, *args)`` in ``nprocs`` local processes joined into one group (one Hydra job)."""
-    os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
-    os.environ["MASTER_PORT"] = str(free_port())
-    torch.multiprocessing.spawn(fn, args=(nprocs, *args), nprocs=nprocs, join=True)
+    """Run ``fn(rank, nprocs, *args)`` in ``nprocs`` local processes joined into one group (one Hydra job).
+
+    The ranks meet through a file store in a fresh temp dir, not a TCP port: a port picked free and then
+    released can be taken by another process before rank 0 binds it.
+    """
+    with tempfile.TemporaryDirectory(prefix="luna-spawn-") as d:
+        os.environ[SPAWN_STORE] = f"file://{d}/store"
+        try:
+            torch.multiprocessing.spawn(fn, args=(nprocs, *args), nprocs=nprocs, join=True)
+        finally:
+            os.environ.pop(SPAWN_STORE, None)
 
 
 def cleanup() -> None:

@@ -379,7 +379,7 @@ class Trainer:
                     self._validate(log_media=False)
                 preempted = self.preemption.requested(self.device)  # a SLURM signal reached some rank
                 if preempted or (cfg.checkpoint.every_steps and self.step % cfg.checkpoint.every_steps == 0
-                                 and self.batch_pos < end):
+                                 and self.batch_pos < end and not last_step):
                     self._save("last.pt")
                 if preempted:  # this step is on disk; now submitit requeues the job (or SLURM ends it)
                     distributed.barrier()
