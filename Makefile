@@ -1,17 +1,36 @@
 # Two commands do all set-up on a fresh machine: `make demo` and `make test` (see README).
+# Both go through `make install`: uv (pinned, in .uv/) installs exactly the versions in uv.lock into .venv.
 VENV ?= .venv
 PY := $(VENV)/bin/python
-STAMP := $(VENV)/.installed-$(shell cksum < pyproject.toml | cut -d' ' -f1)
+UV_VERSION := 0.13.9
+UV := .uv/bin/uv
+export UV_PROJECT_ENVIRONMENT := $(VENV)
+STAMP := $(VENV)/.installed-$(shell cat uv.lock pyproject.toml | cksum | cut -d' ' -f1)
 
-.PHONY: install demo test test-fast bench clean
+.PHONY: install lock lock-check doctor demo test test-fast bench clean
 
-$(STAMP): pyproject.toml
-	@test -x $(PY) || python3 -m venv $(VENV)
-	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[dev,bench]'
+$(UV):
+	python3 -m venv .uv
+	.uv/bin/python -m pip install -q uv==$(UV_VERSION)
+
+# --locked: install the lock as it is, and refuse (naming the cause) if it no longer matches pyproject.toml
+$(STAMP): uv.lock pyproject.toml | $(UV)
+	$(UV) sync --locked --all-extras
+	$(PY) -m luna.doctor
 	@rm -f $(VENV)/.installed-* && touch $(STAMP)
 
 install: $(STAMP)
+
+# Re-resolve uv.lock after changing a dependency in pyproject.toml (commit both).
+lock: $(UV)
+	$(UV) lock
+
+# Fails, with uv's reason, when uv.lock is stale or was edited by hand.
+lock-check: $(UV)
+	$(UV) lock --check
+
+doctor: install
+	$(PY) -m luna.doctor
 
 # Train the quickstart tokenizer on the bundled corpus (2 CPU cores: ~5 min), then evaluate it.
 demo: install

@@ -21,6 +21,20 @@ def compose_train(overrides: Optional[List[str]] = None, config_name: str = "tra
         return compose(config_name=config_name, overrides=list(overrides or []), return_hydra_config=False)
 
 
+def pytest_sessionstart(session):
+    """Stop at once, naming the versions, when the installed stack does not load (not 16 collection errors)."""
+    from luna.doctor import problems
+
+    bad = problems()
+    if bad:
+        pytest.exit("the installed stack is broken (python -m luna.doctor; make install):\n" + "\n".join(bad), returncode=3)
+
+
+def pytest_collection_modifyitems(config, items):
+    """The stack tests run first: nothing else means anything if they fail."""
+    items.sort(key=lambda item: item.nodeid.split("::")[0] != "tests/test_stack.py")
+
+
 @pytest.fixture(autouse=True)
 def _small_torch(monkeypatch):
     """Keep tests on at most 2 threads (the CI machine has 2 cores) and wandb off the network."""
