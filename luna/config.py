@@ -24,15 +24,18 @@ class ConfigError(ValueError):
 
 @dataclass
 class MelConfig:
-    """The whole log-mel convention. Tokenizer and vocoder each carry one; they must agree."""
+    """The whole log-mel convention. Tokenizer and vocoder each carry one; they must agree.
 
-    sample_rate: int = 24000
+    The defaults are the official HiFi-GAN universal convention (conf/model/rvq8.yaml).
+    """
+
+    sample_rate: int = 22050
     n_fft: int = 1024
     win_length: int = 1024
-    hop_length: int = 240
+    hop_length: int = 256
     n_mels: int = 80
     f_min: float = 0.0
-    f_max: Optional[float] = 12000.0
+    f_max: Optional[float] = 8000.0
     mel_scale: str = "slaney"  # slaney | htk (filterbank and its normalization)
     power: float = 1.0  # 1.0 magnitude, 2.0 power
     log: str = "ln"  # ln | log10
@@ -68,10 +71,10 @@ class ModelConfig:
 
 @dataclass
 class DataConfig:
-    name: str = "minispeech"
+    name: str = "librispeech_mini"
     kind: str = "librispeech"  # librispeech (LibriSpeech layout, also the bundled corpus) | folder
     root: str = MISSING
-    subsets: List[str] = field(default_factory=lambda: ["train-mini"])
+    subsets: List[str] = field(default_factory=lambda: ["train-clean-100"])
     val_subsets: List[str] = field(default_factory=list)  # empty: 95/5 hash split of `subsets`
     download: bool = False
     base_url: str = "https://www.openslr.org/resources/12"

@@ -1,7 +1,7 @@
 """``python -m luna.report SWEEP_DIR [--eval]``: rate–distortion table and plot of a Hydra multirun sweep.
 
 Writes report.md and rate_distortion.png into SWEEP_DIR and prints the table. With ``--eval`` each run's
-best checkpoint (else last) is evaluated on the bundled dev-mini set (report in ``<run>/eval/``) and that
+best checkpoint (else last) is evaluated on the bundled dev-clean readers (report in ``<run>/eval/``) and that
 mel L1 replaces the validation mel L1 recorded by the trainer.
 """
 from __future__ import annotations
@@ -13,13 +13,13 @@ import sys
 from pathlib import Path
 from typing import List, Optional
 
-from luna.evaluation.report import DEV_MINI, EvalError, summarize_sweep, sweep_table, write_sweep_report
+from luna.evaluation.report import DEV_CLEAN, EvalError, summarize_sweep, sweep_table, write_sweep_report
 
 log = logging.getLogger("luna.report")
 
 
 def _evaluate_runs(rows: List[dict], max_files: Optional[int], device: str) -> None:
-    """Fill each row's mel_l1 from a dev-mini evaluation of its checkpoint (eval.yaml defaults, griffinlim)."""
+    """Fill each row's mel_l1 from a dev-clean evaluation of its checkpoint (eval.yaml defaults, griffinlim)."""
     from hydra import compose, initialize_config_dir
 
     from luna.config import CONF_DIR
@@ -34,7 +34,7 @@ def _evaluate_runs(rows: List[dict], max_files: Optional[int], device: str) -> N
             continue
         cfg = copy.deepcopy(base)  # a shallow copy would share nodes whose interpolations resolve against base
         # set after composing: sweep run dirs contain '=' and ',' that the override grammar would parse
-        cfg.checkpoint, cfg.test_dir, cfg.device = row["checkpoint"], str(DEV_MINI), device
+        cfg.checkpoint, cfg.test_dir, cfg.device = row["checkpoint"], str(DEV_CLEAN), device
         cfg.eval.max_files, cfg.eval.save_wavs = max_files, 0
         cfg.eval.rtf_repeats, cfg.eval.rtf_max_seconds = 1, 2.0  # the sweep table shows quality, not speed
         try:
@@ -48,8 +48,8 @@ def _evaluate_runs(rows: List[dict], max_files: Optional[int], device: str) -> N
 def main(argv: Optional[List[str]] = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m luna.report", description=__doc__.splitlines()[0])
     parser.add_argument("sweep_dir", type=Path, help="a Hydra multirun dir (holds one dir per job)")
-    parser.add_argument("--eval", action="store_true", help="evaluate each run's checkpoint on the bundled dev-mini set")
-    parser.add_argument("--max-files", type=int, default=None, help="with --eval: at most this many dev-mini files")
+    parser.add_argument("--eval", action="store_true", help="evaluate each run's checkpoint on the bundled dev-clean readers")
+    parser.add_argument("--max-files", type=int, default=None, help="with --eval: at most this many dev-clean files")
     parser.add_argument("--device", default="auto", help="with --eval: auto | cpu | cuda")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="[%(name)s][%(levelname)s] %(message)s")

@@ -12,7 +12,7 @@ from omegaconf import DictConfig
 
 from luna.config import CONF_DIR, ROOT
 
-MINISPEECH = ROOT / "luna" / "data" / "minispeech"
+SYNTHETIC_MINI = ROOT / "tests" / "fixtures" / "synthetic_mini"
 
 
 def compose_train(overrides: Optional[List[str]] = None, config_name: str = "train") -> DictConfig:
@@ -45,5 +45,5 @@ def _small_torch(monkeypatch):
 
 
 @pytest.fixture
-def minispeech() -> Path:
-    return MINISPEECH
+def synthetic_mini() -> Path:
+    return SYNTHETIC_MINI

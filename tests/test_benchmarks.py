@@ -46,7 +46,7 @@ def test_smoke_run_produces_complete_rows(tmp_path):
 
 def test_training_step_with_the_real_loader_reports_data_waits():
     """The GPU rows' DataLoader path, exercised on the CPU with the tiny model."""
-    cfg = compose_train(["model=tiny", "hardware=cpu"])
+    cfg = compose_train(["model=tiny", "vocoder=griffinlim", "hardware=cpu"])
     m = training_step.measure(cfg, torch.device("cpu"), steps=2, warmup=1, batch=2, segment_seconds=0.25,
                               loader_workers=0)
     assert len(m["step_s"]) == len(m["wait_s"]) == 2

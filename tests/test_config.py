@@ -34,9 +34,9 @@ def test_groups_have_options():
     assert {"cpu", "auto", "a100_80g", "a40_48g", "rtx4090", "h100_80g", "h200"} <= set(options("hardware"))
 
 
-def test_default_is_rvq8_on_minispeech():
+def test_default_is_rvq8_on_real_speech():
     cfg = compose_train()
-    assert cfg.model.name == "rvq8" and cfg.data.name == "minispeech"
+    assert cfg.model.name == "rvq8" and cfg.data.name == "librispeech_mini"
     assert cfg.model.codebook_size == 1024 and cfg.model.num_quantizers == 8 and cfg.hardware.gpus == 1
     assert isinstance(cfg.seed, int)
 

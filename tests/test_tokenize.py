@@ -21,8 +21,8 @@ import luna.config
 import luna.tokens
 from luna.audio import load
 
-MINISPEECH = luna.config.ROOT / "luna" / "data" / "minispeech"
-TRAIN_MINI = MINISPEECH / "train-mini"
+SYNTHETIC_MINI = luna.config.ROOT / "tests" / "fixtures" / "synthetic_mini"
+TRAIN_MINI = SYNTHETIC_MINI / "train-mini"
 SHARD_SIZE = 8  # 80 files -> 10 shards: room to kill an export between its first and last shard
 ROW_KEYS = {"id", "source_path", "duration", "shard", "offset", "frames"}
 
@@ -52,7 +52,7 @@ def checkpoint(tmp_path_factory) -> Path:
     from luna.models.tokenizer import SpeechTokenizer
 
     with initialize_config_dir(config_dir=str(luna.config.CONF_DIR), version_base="1.3"):
-        cfg = compose("train", overrides=["model=tiny"])
+        cfg = compose("train", overrides=["model=tiny", "vocoder=griffinlim"])
     torch.manual_seed(0)
     path = tmp_path_factory.mktemp("ckpt") / "tiny.pt"
     SpeechTokenizer.from_config(cfg).save_checkpoint(path)

@@ -28,8 +28,8 @@ log = logging.getLogger(__name__)
 
 PathLike = Union[str, Path]
 
-#: the bundled corpus' dev split: what ``luna.report --eval`` evaluates every run of a sweep on
-DEV_MINI = Path(luna.__file__).resolve().parent / "data" / "minispeech" / "dev-mini"
+#: the bundled corpus' held-out readers (LibriSpeech dev-clean): what `make demo` and ``luna.report --eval`` evaluate on
+DEV_CLEAN = Path(luna.__file__).resolve().parent / "data" / "librispeech_mini" / "dev-clean"
 
 #: per-file metrics averaged into report.json (None values are skipped; their reasons are kept)
 METRIC_KEYS = (
@@ -232,7 +232,7 @@ def _inputs(cfg: DictConfig) -> Tuple[List[Path], Optional[Tuple[torch.Tensor, i
             raise EvalError(f"{root}: no {'/'.join(e[1:] for e in laudio.AUDIO_EXTENSIONS)} files found")
         limit = cfg.eval.get("max_files")
         return (files[: int(limit)] if limit else files), None
-    raise EvalError(f"set input=FILE or test_dir=DIR (the bundled dev set is test_dir={DEV_MINI})")
+    raise EvalError(f"set input=FILE or test_dir=DIR (the bundled dev set is test_dir={DEV_CLEAN})")
 
 
 def load_tokenizer(cfg: DictConfig, device: torch.device):
@@ -601,12 +601,12 @@ def write_sweep_report(sweep_dir: PathLike, rows: Sequence[Dict[str, Any]]) -> D
     sweep_dir = Path(sweep_dir)
     evaluated = any(r.get("mel_l1_source") == "eval" for r in rows)
     source = (
-        "mel_l1: mean log-mel L1 of the best checkpoint on the bundled dev-mini set (`luna.report --eval`)"
+        "mel_l1: mean log-mel L1 of the best checkpoint on the bundled dev-clean readers (`luna.report --eval`)"
         if evaluated
         else "mel_l1: the validation mel L1 the trainer recorded in metrics.json"
     )
     png = plot_rate_distortion(rows, sweep_dir / "rate_distortion.png",
-                               metric_label="mel L1 (dev-mini eval)" if evaluated else "validation mel L1")
+                               metric_label="mel L1 (dev-clean eval)" if evaluated else "validation mel L1")
     text = "\n".join([
         f"# Sweep report: {sweep_dir.name}",
         "",

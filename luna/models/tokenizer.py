@@ -18,7 +18,7 @@ from torch import nn
 
 from luna import __version__
 from luna.audio import resample, to_mono
-from luna.config import ConfigError, ModelConfig, VocoderConfig, validate_mel, validate_model
+from luna.config import ConfigError, MelConfig, ModelConfig, VocoderConfig, validate_mel, validate_model
 from luna.features import MelSpectrogram, mel_mismatches
 from luna.models.codec import Decoder, Encoder
 from luna.models.quantizer import ResidualVectorQuantizer
@@ -50,9 +50,13 @@ def _model_node(cfg: Any) -> DictConfig:
 
 
 def _vocoder_node(cfg: Any, model: DictConfig) -> DictConfig:
+    """The vocoder config; for a bare model (``cfg`` None) the pretrained universal HiFi-GAN when the model is on
+    its mel convention (the default rvq8 presets), else Griffin-Lim on the model's mel."""
     base = OmegaConf.structured(VocoderConfig)
     if cfg is None:
-        return OmegaConf.merge(base, {"mel": model.mel})
+        universal = not mel_mismatches(model.mel, MelConfig())  # MelConfig's defaults are the universal convention
+        kind = "hifigan_universal" if universal else "griffinlim"
+        return OmegaConf.merge(base, {"name": kind, "kind": kind, "mel": model.mel})
     if isinstance(cfg, DictConfig):
         cfg = OmegaConf.to_container(cfg, resolve=True)
     node = OmegaConf.merge(base, cfg)

@@ -32,6 +32,7 @@ from torch.nn.utils.parametrizations import spectral_norm, weight_norm
 from luna.config import ROOT, ConfigError, MelConfig, validate_mel
 from luna.features import mel_config, mel_mismatches
 from luna.models.gan_losses import discriminator_loss, feature_loss, generator_loss
+from luna.pretrained import PretrainedError, universal_hifigan_files
 
 log = logging.getLogger(__name__)
 
@@ -761,17 +762,22 @@ def build_vocoder(vocoder_cfg: Any, model_mel: Any = None) -> Vocoder:
 
     if kind == "hifigan_universal":
         ckpt_path = cfg.get("checkpoint")
-        if not ckpt_path:
-            raise ConfigError("vocoder.checkpoint: vocoder=hifigan_universal needs the official generator file (g_<step>, e.g. g_02500000)")
-        path = _resolve_path(str(ckpt_path))
-        config_path = _resolve_path(str(cfg["config_path"])) if cfg.get("config_path") else path.parent / "config.json"
+        if not ckpt_path:  # the UNIVERSAL_V1 weights installed with luna
+            try:
+                path, config_path = universal_hifigan_files()
+            except PretrainedError as e:
+                raise ConfigError(f"vocoder.checkpoint: {e}") from None
+        else:
+            path = _resolve_path(str(ckpt_path))
+            config_path = path.parent / "config.json"
+        if cfg.get("config_path"):
+            config_path = _resolve_path(str(cfg["config_path"]))
         for p, what in ((path, "vocoder.checkpoint"), (config_path, "vocoder.config_path")):
             if not p.is_file():
                 raise ConfigError(
-                    f"{what}: file not found: {p}. Download the official HiFi-GAN UNIVERSAL_V1 generator "
-                    f"(g_02500000 and its config.json, linked from https://github.com/jik876/hifi-gan) into "
-                    f"pretrained/UNIVERSAL_V1/, or point LUNA_HIFIGAN_UNIVERSAL at the g_ file "
-                    f"(config.json is read from the same folder unless vocoder.config_path is set)."
+                    f"{what}: file not found: {p}. Leave vocoder.checkpoint unset (and LUNA_HIFIGAN_UNIVERSAL "
+                    f"unset) to use the UNIVERSAL_V1 weights installed with luna, or point either at an official "
+                    f"g_ file (config.json is read from the same folder unless vocoder.config_path is set)."
                 )
         generator = load_official_hifigan(path, config_path)
         _check_official_mel(generator.official_config, mel, config_path)

@@ -8,7 +8,7 @@ from typing import Callable, Dict, List
 
 import pytest
 
-from .helpers import MINISPEECH, Server, make_libri_tree
+from .helpers import SYNTHETIC_MINI, Server, make_libri_tree
 
 
 @pytest.fixture(autouse=True)
@@ -25,13 +25,13 @@ def libri_tree(tmp_path) -> Path:
 
 
 @pytest.fixture(scope="session")
-def minispeech_tarball() -> bytes:
+def synthetic_tarball() -> bytes:
     """An official-style archive (``LibriSpeech/<subset>/...``) of two bundled speakers, as bytes."""
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w:gz", compresslevel=1) as tar:
-        tar.add(MINISPEECH / "SPEAKERS.TXT", arcname="LibriSpeech/SPEAKERS.TXT")
+        tar.add(SYNTHETIC_MINI / "SPEAKERS.TXT", arcname="LibriSpeech/SPEAKERS.TXT")
         for spk in ("100", "101"):
-            tar.add(MINISPEECH / "train-mini" / spk, arcname=f"LibriSpeech/train-mini/{spk}")
+            tar.add(SYNTHETIC_MINI / "train-mini" / spk, arcname=f"LibriSpeech/train-mini/{spk}")
     return buf.getvalue()
 
 

@@ -13,7 +13,7 @@ from omegaconf import OmegaConf
 
 from luna.config import DataConfig
 
-MINISPEECH = Path(__file__).resolve().parents[2] / "luna" / "data" / "minispeech"
+SYNTHETIC_MINI = Path(__file__).resolve().parents[2] / "tests" / "fixtures" / "synthetic_mini"
 
 
 def tone(seconds: float, sr: int, freq: float = 220.0, channels: int = 1, amp: float = 0.5) -> np.ndarray:

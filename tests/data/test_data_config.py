@@ -36,19 +36,25 @@ def _data(name: str, *overrides: str):
 
 def test_every_data_option_is_listed():
     assert sorted(p.stem for p in (CONF_DIR / "data").glob("*.yaml")) == sorted(
-        ["minispeech", "folder", *LIBRISPEECH]
+        ["librispeech_mini", "folder", *LIBRISPEECH]
     )
 
 
-def test_minispeech_is_the_offline_bundled_corpus():
-    cfg = _data("minispeech")
+def test_librispeech_mini_is_the_offline_bundled_corpus():
+    cfg = _data("librispeech_mini")
     validate(cfg)
     d = cfg.data
     root = Path(d.root)
     assert d.kind == "librispeech" and not d.download
-    assert list(d.subsets) == ["train-mini"] and list(d.val_subsets) == []
-    assert (root / "train-mini").is_dir() and (root / "dev-mini").is_dir()
-    assert root.parent.parent.name == "luna"  # ${luna_pkg:}/data/minispeech
+    assert list(d.subsets) == ["train-clean-100"] and list(d.val_subsets) == []
+    assert (root / "train-clean-100").is_dir() and (root / "dev-clean").is_dir()
+    assert root.parent.parent.name == "luna"  # ${luna_pkg:}/data/librispeech_mini
+    # real speech with its attribution: the README and SOURCES.tsv list every bundled file
+    assert "CC BY 4.0" in (root / "README.md").read_text()
+    listed = {line.split("\t")[0] for line in (root / "SOURCES.tsv").read_text().splitlines()[1:]}
+    bundled = {str(p.relative_to(root)) for p in root.rglob("*.flac")}
+    assert bundled == listed and len(bundled) >= 100
+    assert sum(p.stat().st_size for p in root.rglob("*.flac")) < 21e6  # the GPU machine's tree limit
     assert d.val_fraction == pytest.approx(0.05)
 
 

@@ -8,7 +8,7 @@ import pytest
 
 from luna.data import DataError, build_datasets, ensure_subsets, prepare
 
-from .helpers import MINISPEECH, data_cfg, make_libri_tree, md5
+from .helpers import SYNTHETIC_MINI, data_cfg, make_libri_tree, md5
 
 ARCHIVE = "train-mini.tar.gz"
 
@@ -19,7 +19,7 @@ def _cfg(root, server, digest, **kw):
 
 def _assert_extracted(root):
     for spk in ("100", "101"):
-        src = sorted(p.name for p in (MINISPEECH / "train-mini" / spk / str(int(spk) * 10)).iterdir())
+        src = sorted(p.name for p in (SYNTHETIC_MINI / "train-mini" / spk / str(int(spk) * 10)).iterdir())
         dst = sorted(p.name for p in (root / "train-mini" / spk / str(int(spk) * 10)).iterdir())
         assert dst == src
     assert (root / "SPEAKERS.TXT").is_file()  # top-level files land next to the subsets
@@ -29,34 +29,34 @@ def _assert_extracted(root):
     assert not list(downloads.glob("*.tar.gz*"))  # archive removed after extraction, no .part left
 
 
-def test_fresh_download_extracts_and_indexes(tmp_path, serve, minispeech_tarball):
-    server = serve({f"/{ARCHIVE}": minispeech_tarball})
+def test_fresh_download_extracts_and_indexes(tmp_path, serve, synthetic_tarball):
+    server = serve({f"/{ARCHIVE}": synthetic_tarball})
     root = tmp_path / "LibriSpeech"
-    report = prepare(_cfg(root, server, md5(minispeech_tarball)))
+    report = prepare(_cfg(root, server, md5(synthetic_tarball)))
     assert server.requests == [{"path": f"/{ARCHIVE}", "range": None}]
     _assert_extracted(root)
     assert len(report.entries) == 20 and report.failed == []
     assert {e.speaker for e in report.entries} == {"100", "101"} and all(e.transcript for e in report.entries)
-    train, val, info = build_datasets(_cfg(root, server, md5(minispeech_tarball)), 24000, seed=0)
+    train, val, info = build_datasets(_cfg(root, server, md5(synthetic_tarball)), 24000, seed=0)
     assert info.train_files + info.val_files == 20 and len(server.requests) == 1
 
 
-def test_resume_from_a_partial_file(tmp_path, serve, minispeech_tarball):
-    server = serve({f"/{ARCHIVE}": minispeech_tarball})
+def test_resume_from_a_partial_file(tmp_path, serve, synthetic_tarball):
+    server = serve({f"/{ARCHIVE}": synthetic_tarball})
     root = tmp_path / "LibriSpeech"
-    half = len(minispeech_tarball) // 2
+    half = len(synthetic_tarball) // 2
     (root / ".downloads").mkdir(parents=True)
-    (root / ".downloads" / f"{ARCHIVE}.part").write_bytes(minispeech_tarball[:half])
-    ensure_subsets(_cfg(root, server, md5(minispeech_tarball)))
+    (root / ".downloads" / f"{ARCHIVE}.part").write_bytes(synthetic_tarball[:half])
+    ensure_subsets(_cfg(root, server, md5(synthetic_tarball)))
     assert server.requests == [{"path": f"/{ARCHIVE}", "range": f"bytes={half}-"}]
     _assert_extracted(root)
 
 
-def test_interrupted_download_keeps_the_part_and_resumes(tmp_path, serve, minispeech_tarball):
-    server = serve({f"/{ARCHIVE}": minispeech_tarball})
+def test_interrupted_download_keeps_the_part_and_resumes(tmp_path, serve, synthetic_tarball):
+    server = serve({f"/{ARCHIVE}": synthetic_tarball})
     server.cut_after = 100_000
     root = tmp_path / "LibriSpeech"
-    cfg = _cfg(root, server, md5(minispeech_tarball))
+    cfg = _cfg(root, server, md5(synthetic_tarball))
     with pytest.raises(DataError, match="run again to resume") as err:
         ensure_subsets(cfg)
     assert server.url in str(err.value)
@@ -67,25 +67,25 @@ def test_interrupted_download_keeps_the_part_and_resumes(tmp_path, serve, minisp
     _assert_extracted(root)
 
 
-def test_server_without_range_support_restarts(tmp_path, serve, minispeech_tarball):
-    server = serve({f"/{ARCHIVE}": minispeech_tarball})
+def test_server_without_range_support_restarts(tmp_path, serve, synthetic_tarball):
+    server = serve({f"/{ARCHIVE}": synthetic_tarball})
     server.ignore_range = True
     root = tmp_path / "LibriSpeech"
     (root / ".downloads").mkdir(parents=True)
     (root / ".downloads" / f"{ARCHIVE}.part").write_bytes(b"garbage that is not a prefix")
-    ensure_subsets(_cfg(root, server, md5(minispeech_tarball)))
+    ensure_subsets(_cfg(root, server, md5(synthetic_tarball)))
     assert server.requests[0]["range"] is not None
     _assert_extracted(root)
 
 
-def test_checksum_mismatch_names_the_file_and_both_sums(tmp_path, serve, minispeech_tarball):
-    server = serve({f"/{ARCHIVE}": minispeech_tarball})
+def test_checksum_mismatch_names_the_file_and_both_sums(tmp_path, serve, synthetic_tarball):
+    server = serve({f"/{ARCHIVE}": synthetic_tarball})
     root = tmp_path / "LibriSpeech"
     wrong = "0" * 32
     with pytest.raises(DataError) as err:
         ensure_subsets(_cfg(root, server, wrong))
     msg = str(err.value)
-    assert ARCHIVE in msg and wrong in msg and md5(minispeech_tarball) in msg
+    assert ARCHIVE in msg and wrong in msg and md5(synthetic_tarball) in msg
     assert not (root / "train-mini").exists()
     assert not list((root / ".downloads").glob(f"{ARCHIVE}*"))  # the corrupt file is gone: next run starts afresh
 
@@ -125,12 +125,12 @@ def test_missing_without_download_says_how_to_fix(tmp_path):
     assert "data.download=true" in msg and "data.root=" in msg
 
 
-def test_val_subsets_are_fetched_too(tmp_path, serve, minispeech_tarball):
-    server = serve({f"/{ARCHIVE}": minispeech_tarball})
+def test_val_subsets_are_fetched_too(tmp_path, serve, synthetic_tarball):
+    server = serve({f"/{ARCHIVE}": synthetic_tarball})
     root = tmp_path / "LibriSpeech"
     make_libri_tree(root, "train-x")
     cfg = data_cfg(root, subsets=["train-x"], val_subsets=["train-mini"], download=True, base_url=server.url,
-                   md5={ARCHIVE: md5(minispeech_tarball)})
+                   md5={ARCHIVE: md5(synthetic_tarball)})
     ensure_subsets(cfg)
     assert [r["path"] for r in server.requests] == [f"/{ARCHIVE}"]
     assert (root / "train-mini").is_dir()
@@ -181,11 +181,11 @@ def test_root_one_level_too_high_is_pointed_out_not_downloaded(tmp_path, serve):
     assert str(tmp_path / "LibriSpeech") in str(err.value) and server.requests == []
 
 
-def test_complete_part_file_is_verified_not_fetched_again(tmp_path, serve, minispeech_tarball):
-    server = serve({f"/{ARCHIVE}": minispeech_tarball})
+def test_complete_part_file_is_verified_not_fetched_again(tmp_path, serve, synthetic_tarball):
+    server = serve({f"/{ARCHIVE}": synthetic_tarball})
     root = tmp_path / "LibriSpeech"
     (root / ".downloads").mkdir(parents=True)
-    (root / ".downloads" / f"{ARCHIVE}.part").write_bytes(minispeech_tarball)  # crashed before the rename
-    ensure_subsets(_cfg(root, server, md5(minispeech_tarball)))
-    assert server.requests == [{"path": f"/{ARCHIVE}", "range": f"bytes={len(minispeech_tarball)}-"}]  # 416
+    (root / ".downloads" / f"{ARCHIVE}.part").write_bytes(synthetic_tarball)  # crashed before the rename
+    ensure_subsets(_cfg(root, server, md5(synthetic_tarball)))
+    assert server.requests == [{"path": f"/{ARCHIVE}", "range": f"bytes={len(synthetic_tarball)}-"}]  # 416
     _assert_extracted(root)

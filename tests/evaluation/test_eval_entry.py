@@ -20,7 +20,7 @@ from luna import report as report_cli
 from luna.audio import load, resample
 from luna.evaluation.report import EvalError, run_evaluation
 
-SPEECH = luna.config.ROOT / "luna" / "data" / "minispeech" / "dev-mini" / "109" / "1010" / "109-1010-0001.flac"
+SPEECH = luna.config.ROOT / "tests" / "fixtures" / "synthetic_mini" / "dev-mini" / "109" / "1010" / "109-1010-0001.flac"
 
 REPORT_KEYS = {
     "mse": float, "mae": float, "peak_original": float, "peak_reconstructed": float, "mel_l1": float,
@@ -40,7 +40,7 @@ def checkpoint(tmp_path_factory) -> Path:
     from luna.models.tokenizer import SpeechTokenizer
 
     torch.manual_seed(0)
-    tok = SpeechTokenizer.from_config(compose_cfg("train", ["model=tiny"]))
+    tok = SpeechTokenizer.from_config(compose_cfg("train", ["model=tiny", "vocoder=griffinlim"]))
     path = tmp_path_factory.mktemp("ckpt") / "tiny.pt"
     tok.save_checkpoint(path)
     return path
@@ -182,7 +182,7 @@ def test_quantizer_prefix_is_the_n_quantizer_encoding(checkpoint, speech):
 
 def test_report_eval_uses_dev_mini_mel_l1(checkpoint, tmp_path, capsys):
     sweep = tmp_path / "sweep"
-    tiny = OmegaConf.to_container(compose_cfg("train", ["model=tiny"]).model, resolve=True)
+    tiny = OmegaConf.to_container(compose_cfg("train", ["model=tiny", "vocoder=griffinlim"]).model, resolve=True)
     for n in (1, 2):
         run = sweep / f"model.num_quantizers={n}"
         (run / ".hydra").mkdir(parents=True)

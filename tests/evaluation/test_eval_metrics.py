@@ -12,7 +12,7 @@ from luna.config import ROOT, MelConfig
 from luna.evaluation import metrics as M
 from luna.features import MelSpectrogram
 
-SPEECH = ROOT / "luna" / "data" / "minispeech" / "dev-mini" / "108" / "1000" / "108-1000-0000.flac"
+SPEECH = ROOT / "tests" / "fixtures" / "synthetic_mini" / "dev-mini" / "108" / "1000" / "108-1000-0000.flac"
 
 
 @pytest.fixture(scope="module")

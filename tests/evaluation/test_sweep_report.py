@@ -32,7 +32,7 @@ def make_run(root: Path, name: str, k: int, n: int, metrics: dict | None, ckpt: 
             "encoder_stride": 2,
             "mel": {"sample_rate": 24000, "hop_length": 240, "n_fft": 1024},
         },
-        "data": {"root": "${luna_pkg:}/data/minispeech"},
+        "data": {"root": "${luna_pkg:}/data/librispeech_mini"},
     }
     OmegaConf.save(OmegaConf.create(cfg), run / ".hydra" / "config.yaml")
     (run / ".hydra" / "overrides.yaml").write_text(f"- model.codebook_size={k}\n- model.num_quantizers={n}\n")

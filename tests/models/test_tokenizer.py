@@ -14,7 +14,7 @@ from tests.conftest import compose_train
 @pytest.fixture(scope="module")
 def tiny():
     torch.manual_seed(0)
-    tok = SpeechTokenizer.from_config(compose_train(["model=tiny"]))
+    tok = SpeechTokenizer.from_config(compose_train(["model=tiny", "vocoder=griffinlim"]))
     tok.train()
     opt = torch.optim.AdamW(tok.parameters(), 1e-3)
     for _ in range(3):  # a few steps so every buffer and weight is non-trivial
@@ -27,7 +27,7 @@ def tiny():
 
 @pytest.mark.parametrize("stride", [1, 2, 3, 8])
 def test_output_mel_length_equals_input_length(stride):
-    cfg = compose_train(["model=tiny", f"model.encoder_stride={stride}"])
+    cfg = compose_train(["model=tiny", "vocoder=griffinlim", f"model.encoder_stride={stride}"])
     tok = SpeechTokenizer.from_config(cfg).eval()
     lengths = [1, 2, 3, 5, 7, 8, 9, 15, 16, 17, 31, 32, 33, 50, 63, 64, 65, 99, 100, 257]
     assert len(lengths) == 20
@@ -93,7 +93,7 @@ def test_save_load_gives_identical_codes_and_reconstruction(tiny, tmp_path):
     again = SpeechTokenizer.from_checkpoint(path)
     assert torch.equal(again.tokenize(x, tiny.sample_rate), codes)
     assert torch.equal(again.decode_mel(codes), mel)
-    fresh = SpeechTokenizer.from_config(compose_train(["model=tiny"])).eval()
+    fresh = SpeechTokenizer.from_config(compose_train(["model=tiny", "vocoder=griffinlim"])).eval()
     assert not torch.equal(fresh.tokenize(x, tiny.sample_rate), codes)
     fresh.load_checkpoint(path)
     assert torch.equal(fresh.tokenize(x, tiny.sample_rate), codes)
@@ -123,7 +123,7 @@ def test_a_pickle_payload_is_refused_without_running_it(tiny, tmp_path):
 def test_missing_and_mismatched_checkpoints_are_one_clear_error(tiny, tmp_path):
     with pytest.raises(CheckpointError, match="no such checkpoint"):
         SpeechTokenizer.from_checkpoint(tmp_path / "nope.pt")
-    other = SpeechTokenizer.from_config(compose_train(["model=tiny", "model.hidden=64"]))
+    other = SpeechTokenizer.from_config(compose_train(["model=tiny", "vocoder=griffinlim", "model.hidden=64"]))
     path = tmp_path / "other.pt"
     other.save_checkpoint(path)
     with pytest.raises(CheckpointError, match="do not fit"):

@@ -15,7 +15,7 @@ import torch
 from luna.config import ROOT
 
 TINY = [
-    "model=tiny",
+    "model=tiny", "vocoder=griffinlim",
     "hardware=cpu",
     "hardware.threads=1",
     "data.segment_seconds=0.5",

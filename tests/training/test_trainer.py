@@ -170,10 +170,10 @@ def test_codebook_alarm_fires_on_a_forced_collapse(tmp_path, monkeypatch, caplog
 def test_training_on_a_folder_with_broken_files_logs_what_it_skipped(tmp_path):
     import shutil
 
-    from tests.conftest import MINISPEECH
+    from tests.conftest import SYNTHETIC_MINI
 
     root = tmp_path / "corpus"
-    for i, f in enumerate(sorted(MINISPEECH.glob("train-mini/*/*/*.flac"))[:12]):
+    for i, f in enumerate(sorted(SYNTHETIC_MINI.glob("train-mini/*/*/*.flac"))[:12]):
         (root / f"spk{i % 3}").mkdir(parents=True, exist_ok=True)
         shutil.copy(f, root / f"spk{i % 3}" / f.name)
     (root / "bad").mkdir()

@@ -48,7 +48,7 @@ def test_trained_vocoder_serves_eval_and_finetuning_from_a_tokenizer(tmp_path):
     run_train(voc_dir, GAN + ["trainer.max_steps=2", f"vocoder.finetune_from={tok}"])
     assert metrics(voc_dir)["finetuned_from"] == str(tok)
     voc = voc_dir / "checkpoints" / "best.pt"
-    wav = ROOT / "luna" / "data" / "minispeech" / "dev-mini" / "108" / "1000" / "108-1000-0000.flac"
+    wav = ROOT / "tests" / "fixtures" / "synthetic_mini" / "dev-mini" / "108" / "1000" / "108-1000-0000.flac"
     out = tmp_path / "eval"
     r = subprocess.run(
         [sys.executable, "-m", "luna.eval", f"checkpoint={tok}", f"input={wav}", "vocoder=hifigan",
