@@ -14,15 +14,13 @@ import argparse
 import os
 import resource
 import time
-from pathlib import Path
 from typing import Dict, List
 
 import torch
 from omegaconf import OmegaConf
 
-import luna
 from luna.config import DataConfig
-from luna.data import SegmentDataset, make_loader, prepare, split_of
+from luna.data import BUNDLED, SegmentDataset, make_loader, prepare, split_of
 
 SAMPLE_RATE = 24000
 SEGMENT_SECONDS = 1.0
@@ -30,8 +28,7 @@ BATCH = 16
 
 
 def _dataset(min_items: int) -> SegmentDataset:
-    root = Path(luna.__file__).resolve().parent / "data" / "minispeech"  # what ${luna_pkg:} points at
-    cfg = OmegaConf.structured(DataConfig(root=str(root), subsets=["train-mini"]))
+    cfg = OmegaConf.structured(DataConfig(root=str(BUNDLED), subsets=["train-clean-100"]))
     train = [e for e in prepare(cfg).entries if split_of(e.id, cfg.val_fraction) == "train"]
     repeats = -(-min_items // len(train))
     return SegmentDataset(train * repeats, SAMPLE_RATE, SEGMENT_SECONDS, train=True, seed=0)

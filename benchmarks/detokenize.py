@@ -1,17 +1,16 @@
-"""Detokenize speed, vocoder included: luna ``SpeechTokenizer.detokenize`` (``model=rvq8``) vs EnCodec's decoder.
+"""Detokenize speed, vocoder included: luna ``SpeechTokenizer.detokenize`` vs EnCodec's decoder.
 
-Setting: the codes of 10 s of 24 kHz speech, batch 1, CPU, the same threads, calls interleaved, medians;
-reported as real-time factor (RTF = seconds of compute per second of audio; lower is faster). Two luna
-paths: the default vocoder (``vocoder=griffinlim``, 32 iterations, from the composed config) and an
-untrained HiFi-GAN V1 generator at luna's mel convention (hop 240 → upsample rates [5, 4, 4, 3]), weight
-norm removed, which costs what a trained one does. EnCodec: ``model.decode`` of its own 6 kbps codes
-of the same speech. Target: the default path at RTF <= 0.1 on 2 CPU threads.
+Setting: the codes of 10 s of speech, batch 1, CPU, the same threads, calls interleaved, medians; reported
+as real-time factor (RTF = seconds of compute per second of audio; lower is faster). Two luna paths: the
+default pipeline (``model=rvq8`` at 22.05 kHz with the default vocoder, the pretrained universal HiFi-GAN
+V1, weight norm removed) and ``model=rvq8_24k`` with Griffin-Lim (32 iterations) at EnCodec's rate.
+EnCodec: ``model.decode`` of its own 6 kbps codes of the same speech. Target: the default path at
+RTF <= 0.1 on 2 CPU threads.
 
     python -m benchmarks.detokenize [--quick]
 """
 from __future__ import annotations
 
-import copy
 import warnings
 from typing import Dict, List
 
@@ -21,17 +20,6 @@ from benchmarks.run import CPU_THREADS, compose, interleaved, main_of, median, r
 from benchmarks.tokenize import trained_like
 
 TARGET_RTF = 0.1
-
-
-def hifigan_v1(tok) -> torch.nn.Module:
-    """An untrained HiFi-GAN V1 vocoder for ``tok``'s mel convention (weight norm removed, frozen)."""
-    from luna.models.vocoder import HiFiGANGenerator, HiFiGANVocoder, hifigan_generator_config
-
-    mel = tok.config.mel
-    generator = HiFiGANGenerator(hifigan_generator_config("v1", hop_length=mel.hop_length), num_mels=mel.n_mels)
-    vocoder = HiFiGANVocoder(generator, mel)  # removes weight norm, eval mode, frozen
-    assert generator.weight_norm_removed
-    return vocoder
 
 
 def run(quick: bool = False, smoke: bool = False) -> List[Dict]:
@@ -46,7 +34,7 @@ def run(quick: bool = False, smoke: bool = False) -> List[Dict]:
     rows = []
     with threads(CPU_THREADS):
         torch.manual_seed(0)
-        tok = SpeechTokenizer.from_config(compose("rvq8", "cpu"))  # vocoder=griffinlim, the default
+        tok = SpeechTokenizer.from_config(compose("rvq8_24k", "cpu", ["vocoder=griffinlim"]))
         # the batch of the cpu preset (16 x 1 s); decoding is a table lookup, so the init does not matter
         trained_like(tok, 0.5 if smoke else 1.0, 2 if smoke else 16)
         sr = tok.sample_rate
@@ -55,12 +43,13 @@ def run(quick: bool = False, smoke: bool = False) -> List[Dict]:
             model = encodec.EncodecModel.encodec_model_24khz(pretrained=False)
         model.set_target_bandwidth(6.0)
         model.eval()
-        tok_hifigan = copy.deepcopy(tok)
-        tok_hifigan.set_vocoder(hifigan_v1(tok))
+        tok_hifigan = SpeechTokenizer.from_config(compose("rvq8", "cpu"))  # the default: universal HiFi-GAN
+        trained_like(tok_hifigan, 0.5 if smoke else 1.0, 2 if smoke else 16)
+        assert tok_hifigan.vocoder.generator.weight_norm_removed
 
-        def contenders(secs: float):
+        def contenders(secs: float, luna=tok):
             audio = speech(secs, sr)[None]
-            codes = tok.tokenize(audio, sr)
+            codes = luna.tokenize(audio, sr)
             with torch.no_grad():
                 frames = model.encode(audio[None])
 
@@ -71,27 +60,28 @@ def run(quick: bool = False, smoke: bool = False) -> List[Dict]:
             return codes, encodec_decode
 
         codes, encodec_decode = contenders(seconds)
-        assert tok.detokenize(codes).shape[-1] == round(seconds * sr)
+        assert tok.detokenize(codes).shape[-1] == codes.shape[-1] * tok.samples_per_token
         t = interleaved({"luna": lambda: tok.detokenize(codes), "encodec": encodec_decode}, repeats)
         parts = interleaved({"decode_mel": lambda: tok.decode_mel(codes),
                              "vocoder": (lambda mel: lambda: tok.vocode(mel))(tok.decode_mel(codes))}, repeats)
         luna_rtf, enc_rtf = median(t["luna"]) / seconds, median(t["encodec"]) / seconds
         rows.append(row(
-            "detokenize", f"detokenize {seconds:g} s (codes of 24 kHz speech, rvq8) -> audio with the default "
-            f"vocoder (Griffin-Lim, {tok.vocoder.n_iter} iterations) vs EnCodec 24 kHz decoder (6 kbps)",
+            "detokenize", f"detokenize {seconds:g} s (codes of 24 kHz speech, rvq8_24k) -> audio with "
+            f"Griffin-Lim ({tok.vocoder.n_iter} iterations) vs EnCodec 24 kHz decoder (6 kbps)",
             luna_rtf, enc_rtf, "RTF", CPU_THREADS, "cpu",
-            target=f"luna RTF <= {TARGET_RTF:g}", met=luna_rtf <= TARGET_RTF,
             note=(f"median of {repeats} interleaved calls; luna parts (ms): decode_mel "
                   f"{median(parts['decode_mel']) * 1e3:.1f}, vocoder {median(parts['vocoder']) * 1e3:.1f}"),
             repeats=repeats, seconds=seconds, times={"luna": t["luna"], "baseline": t["encodec"]},
         ))
 
-        hg_codes, hg_encodec = (codes, encodec_decode) if hifigan_seconds == seconds else contenders(hifigan_seconds)
+        hg_codes, hg_encodec = contenders(hifigan_seconds, tok_hifigan)
         t = interleaved({"luna": lambda: tok_hifigan.detokenize(hg_codes), "encodec": hg_encodec}, hifigan_repeats)
+        hg_rtf = median(t["luna"]) / hifigan_seconds
         rows.append(row(
-            "detokenize", f"detokenize {hifigan_seconds:g} s with HiFi-GAN V1 (untrained, weight norm removed, "
-            f"upsample rates {tok_hifigan.vocoder.generator.h['upsample_rates']}) vs EnCodec 24 kHz decoder",
-            median(t["luna"]) / hifigan_seconds, median(t["encodec"]) / hifigan_seconds, "RTF", CPU_THREADS, "cpu",
+            "detokenize", f"detokenize {hifigan_seconds:g} s, the default pipeline: rvq8 (22.05 kHz) -> pretrained "
+            f"universal HiFi-GAN V1 (weight norm removed) vs EnCodec 24 kHz decoder",
+            hg_rtf, median(t["encodec"]) / hifigan_seconds, "RTF", CPU_THREADS, "cpu",
+            target=f"luna RTF <= {TARGET_RTF:g}", met=hg_rtf <= TARGET_RTF,
             note=(f"median of {hifigan_repeats} interleaved calls"
                   + ("; --quick: 5 s of audio instead of 10 (RTF of these convolutions does not depend on "
                      "the length)" if quick and not smoke else "")),

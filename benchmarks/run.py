@@ -93,9 +93,9 @@ def speech(seconds: float, sample_rate: int) -> torch.Tensor:
     """``[S]`` real speech from the bundled corpus (files concatenated, resampled): timing inputs that
     look like what the models see, without any download."""
     from luna.audio import load
-    from luna.config import ROOT
+    from luna.data import BUNDLED
 
-    files = sorted((ROOT / "luna" / "data" / "minispeech" / "train-mini").rglob("*.flac"))
+    files = sorted((BUNDLED / "train-clean-100").rglob("*.flac"))
     need = math.ceil(seconds * sample_rate)
     parts, have = [], 0
     for f in files:

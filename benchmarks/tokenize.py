@@ -1,4 +1,4 @@
-"""Tokenize speed: luna ``SpeechTokenizer.tokenize`` (``model=rvq8``) vs the EnCodec 24 kHz encoder.
+"""Tokenize speed: luna ``SpeechTokenizer.tokenize`` (``model=rvq8_24k``: rvq8 at EnCodec's 24 kHz) vs the EnCodec 24 kHz encoder.
 
 Setting: 10 s of 24 kHz speech (the bundled corpus, resampled), batch 1, CPU, the same threads for
 both, calls interleaved, medians. EnCodec: ``EncodecModel.encodec_model_24khz(pretrained=False)`` at
@@ -52,7 +52,7 @@ def run(quick: bool = False, smoke: bool = False) -> List[Dict]:
     repeats = 1 if smoke else 9 if quick else 21
     with threads(CPU_THREADS):
         torch.manual_seed(0)
-        cfg = compose("rvq8", "cpu")
+        cfg = compose("rvq8_24k", "cpu", ["vocoder=griffinlim"])  # EnCodec's rate: the same samples for both
         tok = SpeechTokenizer(cfg.model)
         init_batch, init_seconds = (2, 0.5) if smoke else (16, 2.0)  # 16 x 2 s: 1600 latents > 1024 codes
         trained_like(tok, init_seconds, init_batch)
@@ -94,7 +94,7 @@ def run(quick: bool = False, smoke: bool = False) -> List[Dict]:
         parts_ms = ", ".join(f"{k} {median(v) * 1e3:.1f}" for k, v in parts.items())
         rows = [row(
             "tokenize",
-            f"tokenize {seconds:g} s of 24 kHz speech, batch 1: luna rvq8 (8 x 1024 codes, 50 tokens/s, "
+            f"tokenize {seconds:g} s of 24 kHz speech, batch 1: luna rvq8_24k (8 x 1024 codes, 50 tokens/s, "
             f"4 kbps) vs EnCodec 24 kHz encoder at 6 kbps (8 codebooks, 75 frames/s)",
             luna_s * 1e3, encodec_s * 1e3, f"ms per {seconds:g} s", CPU_THREADS, "cpu",
             target=f"ratio >= {TARGET:g}", met=ratio >= TARGET,
@@ -109,13 +109,13 @@ def run(quick: bool = False, smoke: bool = False) -> List[Dict]:
         )]
 
         # information: the CPU-friendly preset (hidden 256), same codes and bitrate, a quarter of the conv work
-        small = SpeechTokenizer(compose("rvq8_256", "cpu").model)
+        small = SpeechTokenizer(compose("rvq8_24k", "cpu", ["vocoder=griffinlim", "model.hidden=256"]).model)
         trained_like(small, init_seconds, init_batch)
         t = interleaved({"luna": lambda: small.tokenize(audio, sr), "encodec": encodec_encode}, repeats)
         with torch.no_grad():
             small_gflop = flops(lambda: small.tokenize(audio, sr))
         rows.append(row(
-            "tokenize", "tokenize as above with luna rvq8_256 (hidden 256: same 8 x 1024 codes, 4 kbps) vs EnCodec",
+            "tokenize", "tokenize as above with luna rvq8_24k at hidden 256 (same 8 x 1024 codes, 4 kbps) vs EnCodec",
             median(t["luna"]) * 1e3, median(t["encodec"]) * 1e3, f"ms per {seconds:g} s", CPU_THREADS, "cpu",
             note=f"information row (no target): a model choice, not an optimisation; {small_gflop:.1f} GFLOP per "
                  f"call; median of {repeats}",

@@ -108,7 +108,7 @@ def run(quick: bool = False, smoke: bool = False) -> List[Dict]:
     rows = []
     with threads(CPU_THREADS):
         for model, steps in (("rvq8", 3 if quick else 10), ("tiny", 10 if quick else 30)):
-            cfg = compose(model, "cpu")
+            cfg = compose(model, "cpu", ["vocoder=griffinlim"] if model == "tiny" else [])
             kw = dict(batch=2, segment_seconds=0.5) if smoke else {}
             m = measure(cfg, torch.device("cpu"), steps=1 if smoke else steps, warmup=1 if smoke else 2, **kw)
             audio = m["batch"] * m["segment_seconds"]
@@ -126,7 +126,7 @@ def run(quick: bool = False, smoke: bool = False) -> List[Dict]:
         if not torch.cuda.is_available():
             rows.append(skipped("training_step", what))
             continue
-        cfg = compose(model, "h200")
+        cfg = compose(model, "h200", ["vocoder=griffinlim"] if model == "tiny" else [])
         workers = min(int(cfg.hardware.num_workers), os.cpu_count() or 1)
         m = measure(cfg, torch.device("cuda"), steps=2 if smoke else steps, warmup=1 if smoke else 5,
                     loader_workers=workers)

@@ -9,7 +9,6 @@ are checked, so a truncated or altered file is one clear error instead of a stra
 from __future__ import annotations
 
 import hashlib
-import os
 from functools import lru_cache
 from importlib import metadata
 from pathlib import Path

@@ -20,8 +20,8 @@ def test_every_option_composes_and_validates(group, option):
     overrides = [f"{group}={option}"]
     if group == "data" and option == "folder":
         overrides.append("data.root=/tmp")
-    if group == "vocoder" and option == "hifigan_universal":
-        overrides.append("model=rvq8_22k")  # the universal vocoder's mel convention
+    if group == "model" and option in ("rvq8_24k", "tiny"):
+        overrides.append("vocoder=griffinlim")  # off the default (universal) vocoder's mel convention
     cfg = compose_train(overrides)
     validate(cfg)
     assert cfg[group if group != "experiment" else "model"] is not None
@@ -30,7 +30,7 @@ def test_every_option_composes_and_validates(group, option):
 def test_groups_have_options():
     for g in GROUPS:
         assert options(g), f"conf/{g} has no options"
-    assert {"rvq8", "rvq4", "rvq8_22k", "rvq8_12hz", "tiny"} <= set(options("model"))
+    assert {"rvq8", "rvq4", "rvq8_24k", "rvq8_256", "rvq8_12hz", "tiny"} <= set(options("model"))
     assert {"cpu", "auto", "a100_80g", "a40_48g", "rtx4090", "h100_80g", "h200"} <= set(options("hardware"))
 
 

@@ -7,11 +7,18 @@ Typical use (rank 0 first, then every rank)::
     loader = make_loader(train_ds, batch_size, train=True, seed=cfg.seed, epoch=epoch,
                          rank=rank, world_size=world, num_workers=4, start_batch=resume_batch)
 """
+from pathlib import Path
+
 from luna.data.dataset import DataInfo, SegmentDataset, ShardedBatchSampler, build_datasets, make_loader, prepare
 from luna.data.librispeech import DataError, ensure_subsets
 from luna.data.manifest import Entry, ManifestReport, build_manifest, split_of
 
+#: the bundled real-speech corpus (package data, LibriSpeech layout): train-clean-100 readers for training,
+#: dev-clean (readers never seen in training) as the held-out test set
+BUNDLED = Path(__file__).resolve().parent / "librispeech_mini"
+
 __all__ = [
+    "BUNDLED",
     "DataError",
     "DataInfo",
     "Entry",

@@ -17,9 +17,9 @@ import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-import luna
 from luna import audio as laudio
 from luna.config import ConfigError
+from luna.data import BUNDLED
 from luna.evaluation.codebook import code_histogram, codebook_stats
 from luna.evaluation.latency import measure_rtf
 from luna.evaluation.metrics import compute_all, mel_l1_from_mels
@@ -29,7 +29,7 @@ log = logging.getLogger(__name__)
 PathLike = Union[str, Path]
 
 #: the bundled corpus' held-out readers (LibriSpeech dev-clean): what `make demo` and ``luna.report --eval`` evaluate on
-DEV_CLEAN = Path(luna.__file__).resolve().parent / "data" / "librispeech_mini" / "dev-clean"
+DEV_CLEAN = BUNDLED / "dev-clean"
 
 #: per-file metrics averaged into report.json (None values are skipped; their reasons are kept)
 METRIC_KEYS = (

@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 
 import luna.data.manifest as manifest_mod
-from luna.data import DataError, build_manifest
+from luna.data import BUNDLED, DataError, build_manifest
 
-from .helpers import SYNTHETIC_MINI, make_libri_tree, tone, write
+from .helpers import make_libri_tree, tone, write
 
 
 def test_librispeech_fields(libri_tree):
@@ -116,10 +116,10 @@ def test_cache_location(tmp_path, monkeypatch):
 
     user_cache = Path(os.environ["XDG_CACHE_HOME"]) / "luna" / "manifests"
     # the bundled corpus is package data: never written into
-    bundled = build_manifest(SYNTHETIC_MINI, "librispeech", ["dev-mini"])
+    bundled = build_manifest(BUNDLED, "librispeech", ["dev-clean"])
     assert user_cache in bundled.cache_paths[0].parents
-    assert not (SYNTHETIC_MINI / ".luna_manifests").exists() or not any((SYNTHETIC_MINI / ".luna_manifests").iterdir())
-    assert len(bundled.entries) == 6
+    assert not (BUNDLED / ".luna_manifests").exists() or not any((BUNDLED / ".luna_manifests").iterdir())
+    assert len(bundled.entries) == 30
 
     # a read-only root falls back to the user cache dir
     make_libri_tree(tmp_path / "ro")

@@ -5,10 +5,10 @@ import hashlib
 
 import pytest
 
-from luna.data import build_datasets, split_of
+from luna.data import BUNDLED, build_datasets, split_of
 from luna.data.manifest import split_key
 
-from .helpers import SYNTHETIC_MINI, data_cfg, make_libri_tree
+from .helpers import data_cfg, make_libri_tree
 
 
 def _reference(utt_id: str, fraction: float) -> str:
@@ -70,10 +70,10 @@ def test_val_fraction_zero_gives_no_val(libri_tree):
 
 
 def test_bundled_corpus_split():
-    train, val, info = build_datasets(data_cfg(SYNTHETIC_MINI), 24000, seed=0)
-    assert info.train_files + info.val_files == 80 and 1 <= info.val_files <= 8
+    train, val, info = build_datasets(data_cfg(BUNDLED, subsets=["train-clean-100"]), 22050, seed=0)
+    assert info.train_files + info.val_files == 75 and 1 <= info.val_files <= 8
     paths = [train.path(i) for i in range(len(train))] + [val.path(i) for i in range(len(val))]
-    assert all("/train-mini/" in p for p in paths)  # dev-mini stays out: it is the test set
-    assert len(set(paths)) == 80
+    assert all("/train-clean-100/" in p for p in paths)  # dev-clean stays out: it is the test set
+    assert len(set(paths)) == 75
     for i in range(len(val)):
         assert split_of(val.path(i).rsplit("/", 1)[1][:-5], 0.05) == "val"
