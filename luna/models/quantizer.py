@@ -216,8 +216,10 @@ class EMACodebook(nn.Module):
         # [K] assignment counts: index_add, not bincount, which reads max(codes) back to the host on CUDA
         ones = torch.ones_like(codes, dtype=self.cluster_size.dtype)
         counts = torch.zeros_like(self.cluster_size).index_add_(0, codes, ones)
-        # NaN/inf summed, then zeroed on the [K, D] sums (cheaper than on x; scaled by 0 below anyway)
-        sums = torch.zeros_like(self.embed_sum).index_add_(0, codes, x).nan_to_num_()  # [K, D]
+        # NaN/inf summed, then zeroed on the [K, D] sums (cheaper than on x; scaled by 0 below anyway).
+        # scatter_add_, not index_add_: on a 2-core CPU with the other core busy, index_add_'s parallel
+        # path stalls (150 ms instead of 0.1 ms for 688 x 128 at 2 threads), scatter_add_'s does not
+        sums = torch.zeros_like(self.embed_sum).scatter_add_(0, codes[:, None].expand_as(x), x).nan_to_num_()  # [K, D]
         if _distributed():
             dist.all_reduce(counts)
             dist.all_reduce(sums)
