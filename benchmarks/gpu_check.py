@@ -356,7 +356,8 @@ def section_correctness(sec: Section) -> None:
     p = sec.plan["correctness"]
     n, half = p["steps"], p["steps"] // 2
     common = [f"data.batch_size={p['batch']}", f"optimizer.lr={p['lr']}", f"optimizer.warmup_steps={p['warmup']}",
-              f"trainer.max_steps={n}", f"checkpoint.every_steps={half}", f"data.crops_per_file={p['crops']}"]
+              f"trainer.max_steps={n}", f"checkpoint.every_steps={half}", f"data.crops_per_file={p['crops']}",
+              "data.num_workers=0"]  # loading in this process: no worker start-up, nothing shared-memory can break
     losses: Dict[str, List[float]] = {}
 
     def train(precision: str, run: str, resume: str = "none", stop_at: Optional[int] = None) -> Any:
