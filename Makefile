@@ -7,7 +7,7 @@ UV := .uv/bin/uv
 export UV_PROJECT_ENVIRONMENT := $(VENV)
 STAMP := $(VENV)/.installed-$(shell cat uv.lock pyproject.toml | cksum | cut -d' ' -f1)
 
-.PHONY: install lock lock-check doctor demo test test-fast bench clean
+.PHONY: install lock lock-check doctor demo test test-fast bench gpu-check clean
 
 $(UV):
 	python3 -m venv .uv
@@ -50,6 +50,11 @@ test-fast: install
 
 bench: install
 	$(PY) -m benchmarks.run
+
+# Before a GPU loan (issue 16): the wheels the GPU image lacks + an fp16 copy of the universal HiFi-GAN into
+# .gpu-wheels/ (ignored), the size of what travels, and the one command to run there (benchmarks/README.md).
+gpu-check: install
+	$(PY) -m benchmarks.gpu_check --prepare
 
 clean:
 	rm -rf outputs .pytest_cache
