@@ -65,6 +65,7 @@ class ModelConfig:
     kmeans_iters: int = 10
     dead_code_threshold: float = 0.1  # a code is dead below this fraction of uniform usage (EMA)
     revival_grace_steps: int = 200  # a revived code is not judged dead again before this many steps
+    revival: str = "worst"  # what a dead code is revived from: worst | random (vectors of the batch)
     quantizer_dropout: float = 0.5  # fraction of samples trained with a random 1..N quantizers
     loss: LossConfig = field(default_factory=LossConfig)
 
@@ -284,6 +285,7 @@ MODEL_RULES = {
     "kmeans_iters": (">=", 0),
     "dead_code_threshold": ("range", 0, 1, False, True),
     "revival_grace_steps": (">=", 0),
+    "revival": ("in", ("worst", "random")),
     "quantizer_dropout": ("range", 0, 1, False, False),
     **{f"loss.{k}": (">=", 0) for k in ("mel_l1", "mel_mse", "commitment", "multiscale_mel")},
 }

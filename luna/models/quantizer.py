@@ -113,9 +113,11 @@ class EMACodebook(nn.Module):
         kmeans_iters: int = 10,
         dead_code_threshold: float = 0.1,
         revival_grace_steps: int = 200,
+        revival: str = "worst",
         eps: float = 1e-5,
     ):
         super().__init__()
+        self.revival = revival
         self.dim, self.codebook_size = dim, codebook_size
         self.decay, self.kmeans_iters, self.eps = decay, kmeans_iters, eps
         self.dead_code_threshold, self.revival_grace_steps = dead_code_threshold, revival_grace_steps
@@ -233,10 +235,12 @@ class EMACodebook(nn.Module):
 
     @torch.no_grad()
     def revive(self, x: torch.Tensor, codes: torch.Tensor, finite: torch.Tensor) -> None:
-        """Replace dead codes by the batch vectors this codebook quantizes worst (identical on all ranks).
+        """Replace dead codes by batch vectors (identical on all ranks): the ones this codebook quantizes
+        worst (``revival="worst"``), or a random draw of the batch (``"random"``: codes land where the data
+        is dense, as in EnCodec and vector-quantize-pytorch).
 
-        Masked tensor ops, no host sync: the k-th dead code (by index) takes the k-th worst-quantized
-        vector of rank 0's batch, which is broadcast; the dead mask is computed from all-reduced
+        Masked tensor ops, no host sync: the k-th dead code (by index) takes the k-th chosen vector of
+        rank 0's batch, which is broadcast; the dead mask is computed from all-reduced
         statistics, so every rank applies the same replacement. On CPU, where reading a flag costs
         nothing, a step without dead codes skips the masked work (the result is the same).
         """
@@ -245,8 +249,11 @@ class EMACodebook(nn.Module):
         if x.shape[0] == 0 or x.device.type == "cpu" and not bool(dead.any()):
             return  # nothing died (read for free on CPU), or no vectors to revive from
         if not _distributed() or dist.get_rank() == 0:
-            err = (x - self.codebook[codes]).pow(2).sum(1)  # [M] squared quantization error
-            order = err.argsort(descending=True)
+            if self.revival == "random":
+                order = torch.randperm(x.shape[0], device=x.device)
+            else:
+                err = (x - self.codebook[codes]).pow(2).sum(1)  # [M] squared quantization error
+                order = err.argsort(descending=True)
             slot = (dead.cumsum(0) - 1).clamp(min=0) % order.numel()  # [K] rank among the dead codes
             candidates = x[order[slot]]  # [K, D] the replacement of each code, if it is dead
         else:
@@ -285,13 +292,14 @@ class ResidualVectorQuantizer(nn.Module):
         revival_grace_steps: int = 200,
         quantizer_dropout: float = 0.0,
         seed: int = 0,
+        revival: str = "worst",
     ):
         super().__init__()
         self.num_quantizers, self.codebook_size, self.dim = num_quantizers, codebook_size, dim
         self.quantizer_dropout = quantizer_dropout
         self.seed = seed
         self.layers = nn.ModuleList(
-            EMACodebook(dim, codebook_size, decay, kmeans_iters, dead_code_threshold, revival_grace_steps)
+            EMACodebook(dim, codebook_size, decay, kmeans_iters, dead_code_threshold, revival_grace_steps, revival)
             for _ in range(num_quantizers)
         )
 

@@ -95,6 +95,7 @@ class SpeechTokenizer(nn.Module):
             dead_code_threshold=m.dead_code_threshold,
             revival_grace_steps=m.revival_grace_steps,
             quantizer_dropout=m.quantizer_dropout,
+            revival=m.revival,
         )
         self.decoder = Decoder(m.mel.n_mels, m.hidden, dim, m.encoder_stride, m.res_blocks)
         # log-mel lies in [log(floor), ~0]: a fixed affine maps it to about [-1, 1] for the convs
