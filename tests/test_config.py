@@ -20,6 +20,8 @@ def test_every_option_composes_and_validates(group, option):
     overrides = [f"{group}={option}"]
     if group == "data" and option == "folder":
         overrides.append("data.root=/tmp")
+    if group == "experiment" and option == "vocoder_finetune":
+        overrides.append(f"vocoder.tokenizer_checkpoint={__file__}")  # required; validate only checks it exists
     if group == "vocoder" and option == "hifigan_universal":
         overrides.append("model=rvq8_22k")  # the universal vocoder's mel convention
     cfg = compose_train(overrides)
