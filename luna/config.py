@@ -144,7 +144,10 @@ class VocoderConfig:
     config_path: Optional[str] = None
     architecture: str = "v1"  # HiFi-GAN preset: v1 | v2 | v3 (keys in `generator` override it)
     n_iter: int = 32  # Griffin-Lim iterations
-    finetune_from: Optional[str] = None  # task=vocoder: train on this tokenizer checkpoint's reconstructed mels
+    # task=vocoder only: where the generator starts, and which mels it learns from
+    init: Optional[str] = None  # null: random | universal: the UNIVERSAL_V1 weights installed with luna | PATH: a generator file
+    tokenizer_checkpoint: Optional[str] = None  # train on this frozen tokenizer's decoded mels (null: ground-truth mels)
+    finetune_from: Optional[str] = None  # removed (split into init and tokenizer_checkpoint); kept so old configs load
     discriminator_width: float = 1.0  # task=vocoder: fraction of the official discriminator channel widths
     generator: Dict[str, Any] = field(default_factory=dict)  # HiFi-GAN architecture (V1/V2/V3 presets)
 
@@ -256,7 +259,8 @@ def validate_mel(mel: Any, prefix: str) -> None:
 
 
 def _check(node: Any, prefix: str, rules: Dict[str, tuple]) -> None:
-    """Apply ``{key: rule}`` to ``node``: ``(">=", lo)``, ``("in", choices)`` or ``("range", lo, hi, lo_open, hi_open)``.
+    """Apply ``{key: rule}`` to ``node``: ``(">=", lo)``, ``("in", choices)``, ``("range", lo, hi, lo_open, hi_open)``
+    or ``("file", choices)`` (one of ``choices`` or an existing file).
 
     Missing keys and null values are skipped (optional groups and optional values)."""
     for key, rule in rules.items():
@@ -269,6 +273,8 @@ def _check(node: Any, prefix: str, rules: Dict[str, tuple]) -> None:
             _fail(name, f"must be >= {rule[1]}, got {value}")
         elif kind == "in" and value not in rule[1]:
             _fail(name, f"must be one of {', '.join(map(str, rule[1]))}, got {value!r}")
+        elif kind == "file" and value not in rule[1] and not Path(str(value)).expanduser().is_file():
+            _fail(name, f"must be {' or '.join([*rule[1], 'an existing file'])}, got {value!r}")
         elif kind == "range":
             lo, hi, lo_open, hi_open = rule[1:]
             if (value <= lo if lo_open else value < lo) or (value >= hi if hi_open else value > hi):
@@ -314,7 +320,16 @@ TRAIN_RULES = {
     "trainer.max_bad_steps": (">=", 1),
     "vocoder.kind": ("in", ("griffinlim", "hifigan", "hifigan_universal")),
     "vocoder.discriminator_width": ("range", 0, 1, True, False),
+    "vocoder.init": ("file", ("universal",)),
+    "vocoder.tokenizer_checkpoint": ("file", ()),
     "task": ("in", ("tokenizer", "vocoder")),
+    "resume": ("file", ("auto", "none")),
+}
+
+#: vocoder keys that only task=vocoder reads, and what each is for (a value elsewhere would be ignored silently)
+VOCODER_TRAINING_KEYS = {
+    "init": "where the trained generator starts",
+    "tokenizer_checkpoint": "the tokenizer whose decoded mels the generator learns from",
 }
 
 CHECKPOINT_RULES = {"every_epochs": (">=", 0), "every_steps": (">=", 0), "keep_last": (">=", 1)}
@@ -349,10 +364,41 @@ def validate(cfg: DictConfig) -> None:
                 _fail("logger.backends", f"unknown backend {b!r} (tensorboard, wandb)")
     if "trainer" in cfg and (cfg.trainer.max_steps == 0 or cfg.trainer.max_steps < -1):
         _fail("trainer.max_steps", f"must be -1 (no limit) or >= 1, got {cfg.trainer.max_steps}")
-    if cfg.get("task") == "vocoder" and cfg.vocoder.kind != "hifigan":
-        _fail("vocoder.kind", f"task=vocoder trains a HiFi-GAN: use vocoder=hifigan, got {cfg.vocoder.kind!r}")
-    if "resume" in cfg and cfg.resume not in ("auto", "none") and not Path(str(cfg.resume)).is_file():
-        _fail("resume", f"must be auto, none or an existing checkpoint file, got {cfg.resume!r}")
+    if cfg.get("vocoder") is not None:
+        validate_vocoder_training(cfg.vocoder, cfg.get("task"))
+
+
+def validate_vocoder_training(v: Any, task: Optional[str]) -> None:
+    """The keys of ``task=vocoder`` (experiment=vocoder, experiment=vocoder_finetune) and their combinations."""
+    if v.get("finetune_from") is not None:
+        _fail("vocoder.finetune_from", "was renamed: the tokenizer checkpoint whose decoded mels the generator learns "
+              "from is vocoder.tokenizer_checkpoint, and where the generator starts is vocoder.init (null | universal | PATH)")
+    if v.get("name") == "hifigan_finetune" and v.get("tokenizer_checkpoint") is None:  # the preset's vocoder node
+        _fail("vocoder.tokenizer_checkpoint", "experiment=vocoder_finetune trains on a tokenizer's decoded mels: set "
+              "vocoder.tokenizer_checkpoint=<tokenizer run>/checkpoints/best.pt")
+    if task != "vocoder":
+        for key, what in VOCODER_TRAINING_KEYS.items():
+            if v.get(key) is not None:
+                _fail(f"vocoder.{key}", f"{what}: only task=vocoder reads it (experiment=vocoder or vocoder_finetune), "
+                      f"got {v.get(key)!r} with task={task}")
+        return
+    if v.kind != "hifigan":
+        _fail("vocoder.kind", f"task=vocoder trains a HiFi-GAN: use vocoder=hifigan, got {v.kind!r}")
+    if v.get("checkpoint") is not None:
+        _fail("vocoder.checkpoint", f"is the trained generator that eval and detokenize load; task=vocoder trains one: "
+              f"start it from weights with vocoder.init=PATH (or universal), got {v.checkpoint!r}")
+    if v.get("init") == "universal":
+        if v.architecture != "v1":
+            _fail("vocoder.architecture", f"vocoder.init=universal is the official V1 generator: use v1, got {v.architecture!r}")
+        if v.get("generator"):
+            _fail("vocoder.generator", f"vocoder.init=universal loads the V1 preset as it is: remove the overrides "
+                  f"{dict(v.generator)}")
+        universal = MelConfig()  # its defaults are the universal convention
+        diffs = [f"{f} {v.mel[f]!r} (universal: {getattr(universal, f)!r})" for f in MelConfig.__dataclass_fields__
+                 if v.mel[f] != getattr(universal, f)]
+        if diffs:
+            _fail("vocoder.mel", "vocoder.init=universal needs the universal HiFi-GAN mel convention (vocoder.mel "
+                  "follows model.mel: use model=rvq8 or a preset on its convention); differs in " + "; ".join(diffs))
 
 
 def to_container(cfg: Any) -> Dict[str, Any]:

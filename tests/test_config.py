@@ -22,6 +22,8 @@ def test_every_option_composes_and_validates(group, option):
         overrides.append("data.root=/tmp")
     if group == "model" and option in ("rvq8_24k", "tiny"):
         overrides.append("vocoder=griffinlim")  # off the default (universal) vocoder's mel convention
+    if group == "experiment" and option == "vocoder_finetune":
+        overrides.append(f"vocoder.tokenizer_checkpoint={__file__}")  # required; validate only checks it exists
     cfg = compose_train(overrides)
     validate(cfg)
     assert cfg[group if group != "experiment" else "model"] is not None

@@ -53,6 +53,7 @@ __all__ = [
     "convert_official_state_dict",
     "load_generator_state_dict",
     "load_official_hifigan",
+    "generator_for_training",
     "load_weights",
     "check_mel_compatible",
     "Vocoder",
@@ -261,6 +262,14 @@ class HiFiGANGenerator(nn.Module):
         for module in self.modules():
             _remove_norm(module)
         self.weight_norm_removed = True
+
+    def restore_weight_norm(self) -> None:
+        """Weight norm back on every conv that lacks it (g = ||w||, v = w: the same function), for training from
+        plain weights; idempotent. The trainable layout is the one of a fresh generator."""
+        for module in self.modules():
+            if isinstance(module, (nn.Conv1d, nn.ConvTranspose1d)) and not parametrize.is_parametrized(module, "weight"):
+                weight_norm(module)
+        self.weight_norm_removed = False
 
 
 def _factor_hop(hop: int, max_stages: int) -> Tuple[List[int], List[int]]:
@@ -558,6 +567,49 @@ def load_official_hifigan(checkpoint_path: Union[str, Path], config_path: Union[
     return _freeze(generator)
 
 
+def generator_for_training(init: Optional[str], h: Mapping[str, Any], num_mels: int, mel: Any = None) -> HiFiGANGenerator:
+    """A trainable generator (weight norm on) of architecture ``h``, starting from ``init`` (``vocoder.init``):
+
+    * ``None``: fresh (random) weights;
+    * ``"universal"``: the UNIVERSAL_V1 weights installed with luna (:mod:`luna.pretrained`, size and sha256
+      checked); ``h`` must be the V1 preset, and ``mel`` (when given) the convention of its config.json;
+    * a path: the generator weights of a luna vocoder checkpoint (``best.pt``) or an official ``g_`` file.
+
+    Every failure is a :class:`ConfigError` naming ``vocoder.init`` (or ``vocoder.mel``).
+    """
+    generator = HiFiGANGenerator(h, num_mels=num_mels)
+    if not init:
+        return generator
+    if init == "universal":
+        try:
+            path, config_path = universal_hifigan_files()
+        except PretrainedError as e:
+            raise ConfigError(f"vocoder.init: {e}") from None
+        official = json.loads(config_path.read_text())
+        if _plain_arch(official) != generator.h or int(official.get("num_mels", 80)) != num_mels:
+            raise ConfigError(
+                f"vocoder.init: universal is the official V1 generator ({_plain_arch(official)}, "
+                f"{official.get('num_mels', 80)} mels); the configured one is {generator.h}, {num_mels} mels"
+            )
+        if mel is not None:
+            _check_official_mel(official, mel_config(mel), config_path)
+        state = load_weights(path)["generator"]
+    else:
+        path = _resolve_path(str(init))
+        if not path.is_file():
+            raise ConfigError(f"vocoder.init: file not found: {init}")
+        try:
+            state = _generator_weights(load_weights(path), path)
+        except RuntimeError as e:
+            raise ConfigError(f"vocoder.init: {e}") from None
+    try:
+        load_generator_state_dict(generator, state, what=f"vocoder.init: {path}")
+    except RuntimeError as e:
+        raise ConfigError(str(e)) from None
+    generator.restore_weight_norm()
+    return generator
+
+
 # ------------------------------------------------------------------------------------------ vocoders
 
 
@@ -570,7 +622,7 @@ def check_mel_compatible(tokenizer_mel: Any, vocoder_mel: Any) -> None:
             f"vocoder.mel: the vocoder's mel convention differs from the tokenizer's (model.mel) in "
             f"{len(diffs)} field(s): {fields}. Use a vocoder trained on the tokenizer's mel "
             f"(vocoder=griffinlim always matches), or a tokenizer preset with the vocoder's convention "
-            f"(e.g. model=rvq8_22k for vocoder=hifigan_universal)."
+            f"(e.g. model=rvq8 for vocoder=hifigan_universal)."
         )
 
 

