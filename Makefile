@@ -36,7 +36,7 @@ doctor: install
 demo: install
 	$(PY) -m luna.train experiment=quickstart
 	$(PY) -m luna.eval checkpoint=outputs/runs/quickstart/checkpoints/best.pt \
-		test_dir=luna/data/minispeech/dev-mini hydra.run.dir=outputs/runs/quickstart/eval
+		test_dir=luna/data/librispeech_mini/dev-clean hydra.run.dir=outputs/runs/quickstart/eval
 	@echo "checkpoint: outputs/runs/quickstart/checkpoints/best.pt"
 	@echo "logs:       outputs/runs/quickstart/train.log, outputs/runs/quickstart/tensorboard"
 	@echo "audio:      outputs/runs/quickstart/eval/ (reconstructed WAVs, report.md)"
