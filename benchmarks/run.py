@@ -95,7 +95,7 @@ def speech(seconds: float, sample_rate: int) -> torch.Tensor:
     from luna.audio import load
     from luna.config import ROOT
 
-    files = sorted((ROOT / "luna" / "data" / "minispeech" / "train-mini").rglob("*.flac"))
+    files = sorted((ROOT / "luna" / "data" / "librispeech_mini" / "train-clean-100").rglob("*.flac"))
     need = math.ceil(seconds * sample_rate)
     parts, have = [], 0
     for f in files:
