@@ -9,9 +9,10 @@ Typical use (rank 0 first, then every rank)::
 """
 from luna.data.dataset import DataInfo, SegmentDataset, ShardedBatchSampler, build_datasets, make_loader, prepare
 from luna.data.librispeech import DataError, ensure_subsets
-from luna.data.manifest import Entry, ManifestReport, build_manifest, split_of
+from luna.data.manifest import SKIPPED_FILE, Entry, ManifestReport, build_manifest, record_skipped, split_of, write_skipped
 
 __all__ = [
+    "SKIPPED_FILE",
     "DataError",
     "DataInfo",
     "Entry",
@@ -23,5 +24,7 @@ __all__ = [
     "ensure_subsets",
     "make_loader",
     "prepare",
+    "record_skipped",
     "split_of",
+    "write_skipped",
 ]

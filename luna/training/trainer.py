@@ -25,7 +25,7 @@ from tqdm import tqdm
 
 from luna import __version__
 from luna.config import ConfigError, to_container
-from luna.data import build_datasets, make_loader, prepare
+from luna.data import SKIPPED_FILE, build_datasets, make_loader, prepare, write_skipped
 from luna.models.tokenizer import SpeechTokenizer
 from luna.training import distributed
 from luna.training.checkpoint import CheckpointManager, rng_state, set_rng_state
@@ -94,13 +94,17 @@ class Trainer:
         self.global_batch = global_batch_size(cfg, env.world_size)
         self.micro_batch = self.global_batch // (env.world_size * self.accumulate)
 
-        # data: rank 0 downloads and indexes first, the others then read its manifest
+        # data: rank 0 downloads and indexes first (and lists what it skipped), the others then read its manifest
+        report = None
+        self.skipped_log = self.out / SKIPPED_FILE
         if env.is_main:
-            prepare(cfg.data)
+            report = prepare(cfg.data)
+            self._list_skipped(report.failed)
         distributed.barrier()
         seed_everything(cfg.seed)  # identical initial weights on every rank and every run of this config
         self.build_models()
-        self.train_ds, self.val_ds, self.data_info = build_datasets(cfg.data, self.sample_rate, cfg.seed)
+        self.train_ds, self.val_ds, self.data_info = build_datasets(
+            cfg.data, self.sample_rate, cfg.seed, report=report, skipped_log=str(self.skipped_log))
         self.num_workers = cfg.data.num_workers if cfg.data.num_workers is not None else cfg.hardware.num_workers
         batches = len(self._loader(0, 0))
         self.steps_per_epoch = batches // self.accumulate
@@ -228,6 +232,17 @@ class Trainer:
         return {"codebooks": m.quantizer.stats(), "tokens_per_second": m.frame_rate, "bitrate_bps": m.bitrate}
 
     # ---- setup ----------------------------------------------------------------------------------
+    def _list_skipped(self, failed) -> None:
+        """Rank 0, before any rank reads audio: ``skipped_files.tsv`` lists every file the manifest skipped
+        (train and val subsets), with its reason; files that fail only when decoded are appended to it as
+        they are met. A list from an earlier session of this run dir is replaced (or removed if clean)."""
+        if failed:
+            write_skipped(self.skipped_log, failed, found="indexing")
+            log.warning("%d unreadable audio file(s) skipped (train and val): every one, with its reason, in %s",
+                        len(failed), self.skipped_log)
+        else:
+            self.skipped_log.unlink(missing_ok=True)
+
     def _loader(self, epoch: int, start_batch: int, train: bool = True):
         ds = self.train_ds if train else self.val_ds
         return make_loader(
@@ -402,7 +417,8 @@ class Trainer:
                 self._save("last.pt")
         bar.close()
         if self.failed_items and env.is_main:
-            log.warning("skipped %d unreadable audio items during training (see warnings above for the files)", self.failed_items)
+            log.warning("skipped %d unreadable audio items during training (the files, with reasons: %s)", self.failed_items,
+                        self.skipped_log)
         return self._metrics()
 
     # ---- validation, checkpoints, metrics -------------------------------------------------------

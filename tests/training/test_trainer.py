@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import logging
 import random
+from pathlib import Path
 
 import pytest
 import torch
@@ -186,3 +187,15 @@ def test_training_on_a_folder_with_broken_files_logs_what_it_skipped(tmp_path):
     assert "2 unreadable skipped" in log  # found by the manifest pass (empty, not audio)
     assert "truncated.flac" in log  # fails only when decoded: logged once, its items fall back
     assert load(tmp_path / "run" / "checkpoints" / "last.pt")["step"] == 6
+    # the run dir lists every skipped file with its reason; the log says how many and where
+    listing = tmp_path / "run" / "skipped_files.tsv"
+    assert f"2 unreadable audio file(s) skipped (train and val): every one, with its reason, in {listing}" in log
+    header, *lines = listing.read_text().splitlines()
+    assert header == "path\treason\tfound"
+    rows = {Path(p).name: (Path(p), reason, found) for p, reason, found in (line.split("\t") for line in lines)}
+    assert len(rows) == len(lines) == 3
+    assert rows["empty.flac"][1:] == ("empty file (0 bytes)", "indexing")
+    assert rows["notes.wav"][2] == "indexing" and rows["notes.wav"][1]
+    assert rows["truncated.flac"][2] == "decoding" and rows["truncated.flac"][1]  # e.g. a failed seek
+    assert all(p.is_file() and p.parent.parent == root for p, _, _ in rows.values())
+    assert f"(the files, with reasons: {listing})" in log
