@@ -4,7 +4,7 @@ from __future__ import annotations
 import functools
 import math
 from pathlib import Path
-from typing import Optional, Tuple, Union
+from typing import NamedTuple, Optional, Tuple, Union
 
 import numpy as np
 import soundfile as sf
@@ -79,12 +79,18 @@ def _polyphase(orig: int, new: int, device: torch.device) -> Tuple[torch.Tensor,
 def resample(wav: torch.Tensor, orig: int, new: int) -> torch.Tensor:
     """Resample along the last axis with torchaudio's cached windowed-sinc kernel (float32 out).
 
-    Same result as ``torchaudio.transforms.Resample`` (to float rounding), computed as a stride-1
-    polyphase convolution: the strided single-channel conv it replaces is ~3x slower on CPU, and the
-    data pipeline resamples every training crop.
+    Same result as ``torchaudio.transforms.Resample`` (to float rounding), without its strided
+    single-channel conv (~3x slower on CPU; the data pipeline resamples every training crop). Two forms
+    of the same sum, whichever multiplies fewer zeros for this rate pair: a stride-1 polyphase
+    convolution for small reduced rates (16 -> 24 kHz: 2 -> 3), and, for large ones (16 -> 22.05 kHz:
+    320 -> 441, where the polyphase kernel is 96% zeros), one batched matmul over groups of output phases
+    that read only the input window their taps cover (:func:`_phase_groups`).
     """
     if orig == new:
         return wav
+    plan = _phase_groups(int(orig), int(new), wav.device)
+    if plan is not None:
+        return _resample_grouped(wav, int(orig), int(new), plan)
     kernel, width, o, n = _polyphase(int(orig), int(new), wav.device)
     shape = wav.shape
     x = wav.float().reshape(-1, shape[-1])  # [B, L]
@@ -94,6 +100,81 @@ def resample(wav: torch.Tensor, orig: int, new: int) -> torch.Tensor:
     x = x.view(x.shape[0], blocks, o).transpose(1, 2)  # [B, o, blocks]: phase p = samples p, p+o, ...
     y = torch.nn.functional.conv1d(x, kernel)  # [B, n, blocks - taps + 1]
     y = y.transpose(1, 2).reshape(x.shape[0], -1)[:, : -(-n * length // o)]
+    return y.reshape(shape[:-1] + y.shape[-1:])
+
+
+class _Groups(NamedTuple):
+    weight: torch.Tensor  # [G, q, span]: the taps of each output phase of each group
+    index: torch.Tensor  # [G * span] long: positions (within one block's input window) each group reads
+    groups: int  # G
+    phases: int  # q output phases per group (G * q >= n; the extra rows are zero)
+    span: int  # input samples each group reads
+    window: int  # input samples per output block (taps * o)
+    width: int  # torchaudio's left padding
+    orig: int  # o, the reduced input rate: input samples per output block
+    new: int  # n, the reduced output rate: output samples per block
+
+
+#: the grouped form is used when the polyphase conv would multiply this many times more taps per output
+_GROUPED_MIN_GAIN = 8
+
+
+@functools.lru_cache(maxsize=64)
+def _phase_groups(orig: int, new: int, device: torch.device) -> Optional[_Groups]:
+    """torchaudio's kernel as groups of consecutive output phases with only the taps they use, or None
+    when the polyphase conv is as cheap (small reduced input rate, e.g. 16 -> 24 kHz).
+
+    Output ``s * n + j`` (block s, phase j) is ``kernel[j] · x[s*o : s*o + K]``; row j is non-zero only on
+    about ``2 * width`` consecutive taps, which move by ``o / n`` per phase. ``q`` consecutive phases
+    therefore read one window of ``span ≈ q * o / n + 2 * width`` samples, and every group is one small
+    matmul of the same shape.
+    """
+    r = _resampler(orig, new)
+    g = math.gcd(orig, new)
+    o, n = orig // g, new // g
+    k = r.kernel[:, 0, :]  # [n, K], K = 2 * width + o
+    taps = -(-k.shape[1] // o)
+    k = torch.nn.functional.pad(k, (0, taps * o - k.shape[1]))  # [n, taps * o]
+    pos = torch.arange(k.shape[1])
+    nonzero = k != 0
+    lo = torch.where(nonzero, pos, k.shape[1]).min(1).values  # first and last non-zero tap of each phase
+    hi = torch.where(nonzero, pos, -1).max(1).values
+    used = int((hi - lo).max()) + 1
+    q = max(1, min(n, round(used * n / o)))  # phases per group: its window grows by about its own taps
+    groups = -(-n // q)
+    starts, span = [], 0
+    for c in range(groups):
+        a, b = int(lo[c * q : (c + 1) * q].min()), int(hi[c * q : (c + 1) * q].max())
+        starts.append(a)
+        span = max(span, b - a + 1)
+    if o * taps < _GROUPED_MIN_GAIN * span:
+        return None
+    index = torch.tensor([min(a, taps * o - span) for a in starts])[:, None] + torch.arange(span)  # [G, span]
+    k = torch.nn.functional.pad(k, (0, 0, 0, groups * q - n)).view(groups, q, -1)  # [G, q, taps * o]
+    weight = k.gather(2, index[:, None, :].expand(groups, q, span))  # [G, q, span]
+    return _Groups(weight.contiguous().to(device), index.reshape(-1).to(device), groups, q, span, taps * o,
+                   r.width, o, n)
+
+
+@functools.lru_cache(maxsize=16)
+def _group_positions(orig: int, new: int, device: torch.device, blocks: int) -> torch.Tensor:
+    """``[G * span * blocks]`` padded-input positions read by each (group, tap, block): one index_select
+    gathers a ``[G, span, blocks]`` operand (cached: training crops all have the same length)."""
+    p = _phase_groups(orig, new, device)
+    index = p.index.view(p.groups, p.span, 1)
+    return (index + torch.arange(blocks, device=device) * p.orig).reshape(-1)
+
+
+def _resample_grouped(wav: torch.Tensor, orig: int, new: int, p: _Groups) -> torch.Tensor:
+    shape = wav.shape
+    x = wav.float().reshape(-1, shape[-1])  # [B, L]
+    b, length = x.shape
+    out = -(-p.new * length // p.orig)
+    blocks = -(-out // p.new)
+    x = torch.nn.functional.pad(x, (p.width, (blocks - 1) * p.orig + p.window - length - p.width))
+    xg = x.index_select(1, _group_positions(orig, new, x.device, blocks)).view(b, p.groups, p.span, blocks)
+    y = torch.matmul(p.weight, xg)  # [B, G, q, blocks]
+    y = y.reshape(b, p.groups * p.phases, blocks)[:, : p.new].transpose(1, 2).reshape(b, -1)[:, :out]
     return y.reshape(shape[:-1] + y.shape[-1:])
 
 

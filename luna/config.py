@@ -161,7 +161,8 @@ class TrainerConfig:
     accumulate: int = 1
     val_every_steps: int = 0  # 0: validate at the end of each epoch only
     max_bad_steps: int = 10  # consecutive non-finite losses before stopping
-    alarm_usage: float = 0.05  # warn when a quantizer uses fewer than this fraction of its codes
+    alarm_usage: float = 0.05  # warn when a quantizer uses fewer than this fraction of its codes (and it is not rising;
+    # never before max(optimizer.warmup_steps, model.revival_grace_steps, 1/(1-model.ema_decay)) steps)
     alarm_perplexity: float = 2.0  # warn when a quantizer's perplexity falls below this
     deterministic: bool = False
     progress: bool = True

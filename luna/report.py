@@ -1,8 +1,9 @@
 """``python -m luna.report SWEEP_DIR [--eval]``: rate–distortion table and plot of a Hydra multirun sweep.
 
 Writes report.md and rate_distortion.png into SWEEP_DIR and prints the table. With ``--eval`` each run's
-best checkpoint (else last) is evaluated on the bundled dev-clean readers (report in ``<run>/eval/``) and that
-mel L1 replaces the validation mel L1 recorded by the trainer.
+best checkpoint (else last) is evaluated on the bundled dev-clean readers (report in ``<run>/eval/``): that
+mel L1 replaces the validation mel L1 recorded by the trainer, and STOI / wide-band PESQ columns show the
+vocoded tokens next to the vocoder's ceiling (the input's own mel through the same vocoder).
 """
 from __future__ import annotations
 
@@ -18,15 +19,16 @@ from luna.evaluation.report import DEV_CLEAN, EvalError, summarize_sweep, sweep_
 log = logging.getLogger("luna.report")
 
 
-def _evaluate_runs(rows: List[dict], max_files: Optional[int], device: str) -> None:
-    """Fill each row's mel_l1 from a dev-clean evaluation of its checkpoint (eval.yaml defaults, griffinlim)."""
+def _evaluate_runs(rows: List[dict], max_files: Optional[int], device: str, vocoder: Optional[str] = None) -> None:
+    """Fill each row's mel_l1, STOI and PESQ-WB (with the vocoder's ceiling) from a dev-clean evaluation of its
+    checkpoint (eval.yaml defaults; ``vocoder``: a conf/vocoder preset instead of eval.yaml's)."""
     from hydra import compose, initialize_config_dir
 
     from luna.config import CONF_DIR
     from luna.evaluation.report import run_evaluation
 
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        base = compose("eval")
+        base = compose("eval", overrides=[f"vocoder={vocoder}"] if vocoder else [])
     for row in rows:
         row["mel_l1"], row["mel_l1_source"] = None, "eval"
         if row["checkpoint"] is None:
@@ -43,6 +45,8 @@ def _evaluate_runs(rows: List[dict], max_files: Optional[int], device: str) -> N
             log.warning("%s: evaluation failed: %s", row["run"], e)
             continue
         row["mel_l1"] = report["mel_l1"]
+        for key in ("stoi", "pesq_wb", "ceiling_stoi", "ceiling_pesq_wb"):
+            row[key] = report.get(key)
 
 
 def main(argv: Optional[List[str]] = None) -> int:
@@ -51,6 +55,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--eval", action="store_true", help="evaluate each run's checkpoint on the bundled dev-clean readers")
     parser.add_argument("--max-files", type=int, default=None, help="with --eval: at most this many dev-clean files")
     parser.add_argument("--device", default="auto", help="with --eval: auto | cpu | cuda")
+    parser.add_argument("--vocoder", default=None,
+                        help="with --eval: a conf/vocoder preset (default: conf/eval.yaml's); griffinlim fits any model")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="[%(name)s][%(levelname)s] %(message)s")
     logging.captureWarnings(True)
@@ -63,7 +69,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         print(f"error: {args.sweep_dir}: no run dirs (.hydra/config.yaml with a model node) found", file=sys.stderr)
         return 2
     if args.eval:
-        _evaluate_runs(rows, args.max_files, args.device)
+        _evaluate_runs(rows, args.max_files, args.device, args.vocoder)
     paths = write_sweep_report(args.sweep_dir, rows)
     print(sweep_table(rows))
     print(f"\nwrote {paths['md']} and {paths['png']}")

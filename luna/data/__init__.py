@@ -11,7 +11,7 @@ from pathlib import Path
 
 from luna.data.dataset import DataInfo, SegmentDataset, ShardedBatchSampler, build_datasets, make_loader, prepare
 from luna.data.librispeech import DataError, ensure_subsets
-from luna.data.manifest import Entry, ManifestReport, build_manifest, split_of
+from luna.data.manifest import SKIPPED_FILE, Entry, ManifestReport, build_manifest, record_skipped, split_of, write_skipped
 
 #: the bundled real-speech corpus (package data, LibriSpeech layout): train-clean-100 readers for training,
 #: dev-clean (readers never seen in training) as the held-out test set
@@ -19,6 +19,7 @@ BUNDLED = Path(__file__).resolve().parent / "librispeech_mini"
 
 __all__ = [
     "BUNDLED",
+    "SKIPPED_FILE",
     "DataError",
     "DataInfo",
     "Entry",
@@ -30,5 +31,7 @@ __all__ = [
     "ensure_subsets",
     "make_loader",
     "prepare",
+    "record_skipped",
     "split_of",
+    "write_skipped",
 ]

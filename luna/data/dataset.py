@@ -12,7 +12,7 @@ import hashlib
 import logging
 import math
 from dataclasses import asdict, dataclass, field
-from typing import Any, Dict, Iterator, List, Sequence, Tuple
+from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -21,7 +21,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from luna.audio import AudioError, load, resample
 from luna.data.librispeech import DataError, ensure_subsets
-from luna.data.manifest import Entry, ManifestReport, build_manifest, split_key
+from luna.data.manifest import Entry, ManifestReport, build_manifest, record_skipped, split_key
 
 log = logging.getLogger("luna.data")
 
@@ -37,15 +37,15 @@ class SegmentDataset(Dataset):
     so the edges equal a crop of the fully resampled file), then resampled.
 
     Clips shorter than a segment are zero-padded, never dropped: ``length`` gives the valid samples so
-    the loss can mask the padding. A file that fails to decode is logged once and the item falls back
-    deterministically to the next index, so every rank still gets full batches; ``failed`` counts the
-    files skipped for the item.
+    the loss can mask the padding. A file that fails to decode is logged once (and added to the TSV at
+    ``skipped_log``, when set) and the item falls back deterministically to the next index, so every rank
+    still gets full batches; ``failed`` counts the files skipped for the item.
 
     Item: ``audio`` float32 ``[segment_samples]``, ``length`` int64 ``[]``, ``failed`` int64 ``[]``.
     """
 
     def __init__(self, entries: Sequence[Entry], sample_rate: int, segment_seconds: float, train: bool,
-                 seed: int = 0, crops_per_file: int = 1):
+                 seed: int = 0, crops_per_file: int = 1, skipped_log: Optional[str] = None):
         if segment_seconds <= 0:
             raise ValueError(f"segment_seconds must be > 0, got {segment_seconds}")
         # numpy arrays, not a list of objects: forked workers would touch (and so copy) every refcount
@@ -58,6 +58,7 @@ class SegmentDataset(Dataset):
         self.train = bool(train)
         self.seed = int(seed)
         self.epoch = 0
+        self.skipped_log = str(skipped_log) if skipped_log else None  # e.g. <run_dir>/skipped_files.tsv
         # items = files × crops_per_file: item i crops file i % files, each item its own random crop,
         # so a corpus of a few minutes still makes epochs long enough to be worth a validation
         self.crops_per_file = int(crops_per_file) if train else 1
@@ -107,6 +108,8 @@ class SegmentDataset(Dataset):
                 if path not in _reported:
                     _reported.add(path)
                     log.warning("skipping unreadable audio %s: %s", path, e)
+                    if self.skipped_log:
+                        record_skipped(self.skipped_log, path, str(e))
                 continue
             return {"audio": audio, "length": torch.tensor(length), "failed": torch.tensor(failed)}
         raise DataError(f"none of the {files} audio files of this dataset can be decoded (see the warnings above)")
@@ -254,15 +257,19 @@ class DataInfo:
                 f"({self.val_hours:.2f} h, {self.val_source}), {self.failed} unreadable skipped, root {self.root}")
 
 
-def build_datasets(data_cfg: Any, sample_rate: int, seed: int) -> Tuple[SegmentDataset, SegmentDataset, DataInfo]:
+def build_datasets(data_cfg: Any, sample_rate: int, seed: int, report: Optional[ManifestReport] = None,
+                   skipped_log: Optional[str] = None) -> Tuple[SegmentDataset, SegmentDataset, DataInfo]:
     """(train, val, info) from a data config; val at most ``data.max_val_items`` files (``<= 0``: all).
+
+    ``report``: what :func:`prepare` returned, if this process called it already (else it is called here).
+    ``skipped_log``: the TSV both datasets add files to that fail only when decoded (see SegmentDataset).
 
     Val is ``data.val_subsets`` when set, else the ``val_fraction`` hash split of ``data.subsets``
     (:func:`~luna.data.manifest.split_of`). If a tiny corpus gets no val file by hash, the file with
     the smallest hash key goes to val. The cap keeps the files with the smallest hash keys, so it is
     the same on every machine and mostly unchanged when files are added.
     """
-    report = prepare(data_cfg)
+    report = report if report is not None else prepare(data_cfg)
     val_subsets = list(data_cfg.val_subsets)
     fraction = float(data_cfg.val_fraction)
     if val_subsets:
@@ -285,8 +292,8 @@ def build_datasets(data_cfg: Any, sample_rate: int, seed: int) -> Tuple[SegmentD
         val = sorted(sorted(val, key=lambda e: split_key(e.id))[: data_cfg.max_val_items], key=lambda e: e.id)
     segment = float(data_cfg.segment_seconds)
     train_ds = SegmentDataset(train, sample_rate, segment, train=True, seed=seed,
-                              crops_per_file=int(data_cfg.crops_per_file))
-    val_ds = SegmentDataset(val, sample_rate, segment, train=False, seed=seed)
+                              crops_per_file=int(data_cfg.crops_per_file), skipped_log=skipped_log)
+    val_ds = SegmentDataset(val, sample_rate, segment, train=False, seed=seed, skipped_log=skipped_log)
     info = DataInfo(
         root=str(report.root),
         val_source=val_source,

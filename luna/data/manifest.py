@@ -8,6 +8,8 @@ any added, removed or rewritten file triggers a rebuild and nothing else does.
 
 Files ``soundfile`` cannot open, or that hold no samples, are listed in :attr:`ManifestReport.failed`
 and left out; damage that only decoding reveals (truncated FLAC, NaN samples) is handled by the dataset.
+A training run lists both kinds, with their reasons, in ``<run_dir>/skipped_files.tsv``
+(:func:`write_skipped`, :func:`record_skipped`).
 """
 from __future__ import annotations
 
@@ -30,6 +32,9 @@ from luna.data.librispeech import DataError, read_transcripts
 log = logging.getLogger("luna.data")
 
 MANIFEST_VERSION = 1
+#: the list of unreadable files a training run writes into its run dir
+SKIPPED_FILE = "skipped_files.tsv"
+SKIPPED_HEADER = "path\treason\tfound\n"  # found: "indexing" (the manifest pass) or "decoding" (reading a crop)
 _LIBRI_ID = re.compile(r"^(\d+)-(\d+)-(\d+)$")
 _PACKAGE_DIR = Path(__file__).resolve().parent.parent  # luna/
 
@@ -107,11 +112,54 @@ def build_manifest(
         raise DataError(f"no usable audio files ({'/'.join(AUDIO_EXTENSIONS)}) under {where}")
     if report.failed:
         path, reason = report.failed[0]
-        log.warning(
-            "%d unreadable audio file(s) skipped under %s (first: %s: %s); see ManifestReport.failed",
-            len(report.failed), root, path, reason,
-        )
+        log.warning("%d unreadable audio file(s) skipped under %s (first: %s: %s)", len(report.failed), root, path, reason)
     return report
+
+
+def _skipped_line(path: str, reason: str, found: str) -> str:
+    """One TSV row; tabs and line breaks inside a field become spaces."""
+    return "\t".join(" ".join(str(f).replace("\t", " ").splitlines()) for f in (path, reason, found)) + "\n"
+
+
+def write_skipped(path: Path, failed: Sequence[Tuple[str, str]], found: str = "indexing") -> Path:
+    """``path`` (a TSV: path, reason, found) listing ``failed``, replacing any earlier list (atomic)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=path.name, suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(SKIPPED_HEADER + "".join(_skipped_line(p, r, found) for p, r in failed))
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def record_skipped(path: Path, file: str, reason: str, found: str = "decoding") -> bool:
+    """Append ``file`` to the TSV at ``path`` unless it is listed already; True if it was added.
+
+    Safe from many processes at once (DataLoader workers of every rank): the file is locked while it is
+    read and appended to. Never raises: a list that cannot be written must not stop training.
+    """
+    try:
+        import fcntl
+    except ImportError:  # not POSIX: no lock, at worst a duplicate row
+        fcntl = None
+    key = _skipped_line(file, "", "").split("\t", 1)[0]
+    try:
+        with open(path, "a+", encoding="utf-8") as f:
+            if fcntl is not None:
+                fcntl.flock(f, fcntl.LOCK_EX)
+            f.seek(0)
+            text = f.read()
+            if any(line.split("\t", 1)[0] == key for line in text.splitlines()):
+                return False
+            f.write(("" if text else SKIPPED_HEADER) + _skipped_line(file, reason, found))
+            return True
+    except OSError as e:
+        log.warning("could not list %s in %s: %s", file, path, e)
+        return False
 
 
 def manifest_dir(root: Path, cache_dir: Optional[str] = None) -> Path:

@@ -22,7 +22,7 @@ from luna.config import ConfigError
 from luna.data import BUNDLED
 from luna.evaluation.codebook import code_histogram, codebook_stats
 from luna.evaluation.latency import measure_rtf
-from luna.evaluation.metrics import compute_all, mel_l1_from_mels
+from luna.evaluation.metrics import compute_all, mel_l1, mel_l1_from_mels, pesq_wb, stoi
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +43,17 @@ METRIC_KEYS = (
     "si_sdr",
     "stoi",
     "pesq_wb",
+    "ceiling_mel_l1",
+    "ceiling_stoi",
+    "ceiling_pesq_wb",
+)
+
+#: the pipelines table: (metric, the vocoder ceiling's key, column title). The ceiling is the input's own mel
+#: through the same vocoder, scored exactly as the tokens' vocoded audio is (whose keys are the metrics')
+PIPELINE_METRICS = (
+    ("mel_l1_resynth", "ceiling_mel_l1", "mel L1"),
+    ("stoi", "ceiling_stoi", "STOI"),
+    ("pesq_wb", "ceiling_pesq_wb", "PESQ-WB"),
 )
 
 
@@ -261,15 +272,37 @@ def load_tokenizer(cfg: DictConfig, device: torch.device):
     return tok
 
 
+def _fit(audio: torch.Tensor, n: int) -> torch.Tensor:
+    """``audio`` cropped or zero-padded to ``n`` samples."""
+    return audio[:n] if audio.numel() >= n else torch.nn.functional.pad(audio, (0, n - audio.numel()))
+
+
+def _vocoder_ceiling(tok, ref: torch.Tensor, mel_ref: torch.Tensor) -> Tuple[Dict[str, Any], Dict[str, str], Optional[torch.Tensor]]:
+    """The input's own log-mel through the same vocoder, scored like the tokens' audio: (values, reasons, audio).
+
+    What the vocoder alone costs, so a report separates it from what the tokens cost.
+    """
+    keys = [k for _, k, _ in PIPELINE_METRICS]
+    if mel_ref.shape[-1] == 0:
+        return dict.fromkeys(keys), dict.fromkeys(keys, "clip shorter than one mel frame"), None
+    sr = tok.sample_rate
+    est = _fit(tok.vocode(mel_ref.unsqueeze(0))[0].float().cpu(), ref.numel())  # [n // hop * hop] -> [n]
+    results = {"ceiling_mel_l1": mel_l1(ref, est, tok.mel), "ceiling_stoi": stoi(ref, est, sr),
+               "ceiling_pesq_wb": pesq_wb(ref, est, sr)}
+    values = {k: r.value for k, r in results.items()}
+    reasons = {k: r.reason or "undefined" for k, r in results.items() if r.value is None}
+    return values, reasons, est
+
+
 def _evaluate_file(tok, ref: torch.Tensor, sweep: bool) -> Dict[str, Any]:
-    """Tokenize → decode → vocode one mono clip at the model rate; metrics on the original length."""
+    """Tokenize → decode → vocode one mono clip at the model rate, and the vocoder's ceiling (ground-truth
+    mel → the same vocoder); metrics on the original length."""
     sr = tok.sample_rate
     n = ref.numel()
     x = ref.to(tok.device)
     codes = tok.tokenize(x, sr)  # [1, N, T]
     mel_hat = tok.decode_mel(codes)  # [1, n_mels, T*stride]
-    audio_hat = tok.vocode(mel_hat)[0].float().cpu()  # [S'] with S' >= n (whole tokens)
-    est = audio_hat[:n] if audio_hat.numel() >= n else torch.nn.functional.pad(audio_hat, (0, n - audio_hat.numel()))
+    est = _fit(tok.vocode(mel_hat)[0].float().cpu(), n)  # vocoded [S'] with S' >= n (whole tokens)
     mel_ref = tok.mel(x.unsqueeze(0))[0]  # [n_mels, n // hop]
     values, reasons = compute_all(ref, est, sr, mel_module=tok.mel)
     values["mel_l1_resynth"] = values.pop("mel_l1")  # audio-level mel L1 (includes the vocoder)
@@ -279,8 +312,11 @@ def _evaluate_file(tok, ref: torch.Tensor, sweep: bool) -> Dict[str, Any]:
     values["mel_l1"] = res.value
     if res.value is None:
         reasons["mel_l1"] = res.reason or "undefined"
-    out = {"values": values, "reasons": reasons, "codes": codes.cpu(), "est": est, "mel_ref": mel_ref.cpu(),
-           "mel_hat": mel_hat[0, :, : mel_ref.shape[-1]].cpu()}
+    ceiling, ceiling_reasons, ceiling_est = _vocoder_ceiling(tok, ref, mel_ref)
+    values.update(ceiling)
+    reasons.update(ceiling_reasons)
+    out = {"values": values, "reasons": reasons, "codes": codes.cpu(), "est": est, "ceiling_est": ceiling_est,
+           "mel_ref": mel_ref.cpu(), "mel_hat": mel_hat[0, :, : mel_ref.shape[-1]].cpu()}
     if sweep:  # RVQ stage n depends only on stages < n, so a prefix of the codes is the n-quantizer encoding
         out["sweep"] = [
             mel_l1_from_mels(mel_ref, tok.decode_mel(codes[:, :q])[0]).value for q in range(1, codes.shape[1] + 1)
@@ -345,19 +381,24 @@ def run_evaluation(cfg: DictConfig, out_dir: PathLike) -> Dict[str, Any]:
                 stem = f"{len(per_file) - 1:03d}_{path.stem}"
                 laudio.save(out_dir / "wavs" / f"{stem}_original.wav", ref, sr)
                 laudio.save(out_dir / "wavs" / f"{stem}_reconstructed.wav", r["est"], sr)
-            log.info("%s: %s", path, ", ".join(f"{m}={_fmt(r['values'].get(m))}" for m in ("mel_l1", "si_sdr", "stoi", "pesq_wb")))
+                if r["ceiling_est"] is not None:  # what the vocoder makes of the input's own mel
+                    laudio.save(out_dir / "wavs" / f"{stem}_ceiling.wav", r["ceiling_est"], sr)
+            log.info("%s: %s", path, ", ".join(f"{m}={_fmt(r['values'].get(m))}"
+                                               for m in ("mel_l1", "si_sdr", "stoi", "ceiling_stoi", "pesq_wb", "ceiling_pesq_wb")))
 
         rtf = _measure_rtfs(tok, longest, ev, device) if longest is not None else None
 
     report: Dict[str, Any] = {m: _mean([f.get(m) for f in per_file]) for m in METRIC_KEYS}
+    vocoder = str(cfg.vocoder.get("name", cfg.vocoder.get("kind")))
     report.update(
+        pipelines=pipeline_rows(report, vocoder),
         bitrate_bps=float(tok.bitrate),
         tokens_per_second=float(tok.frame_rate),
         codebooks=codebook_stats(counts) if per_file else [],
         rtf=rtf,
         num_files=len(per_file),
         num_failed=len(failed),
-        vocoder=str(cfg.vocoder.get("name", cfg.vocoder.get("kind"))),
+        vocoder=vocoder,
         failed=failed,
         null_reasons=null_reasons,
         files_per_metric={m: sum(f.get(m) is not None for f in per_file) for m in METRIC_KEYS},
@@ -382,6 +423,16 @@ def run_evaluation(cfg: DictConfig, out_dir: PathLike) -> Dict[str, Any]:
         where = cfg.get("test_dir") or cfg.get("input")
         raise EvalError(f"{where}: none of {len(files)} files could be read (see {out_dir / 'report.json'})")
     return report
+
+
+def pipeline_rows(report: Dict[str, Any], vocoder: str) -> List[Dict[str, Any]]:
+    """The vocoder's ceiling (ground-truth mel → vocoder) and the tokens (tokens → vocoder), same metrics:
+    the gap between the rows is what the tokens cost, the gap between the ceiling and perfect is the vocoder's."""
+    ceiling = {"pipeline": f"ground-truth mel → {vocoder} (ceiling)", "input": "ground-truth mel"}
+    tokens = {"pipeline": f"tokens → {vocoder}", "input": "tokens"}
+    for metric, ceiling_key, _ in PIPELINE_METRICS:
+        ceiling[metric], tokens[metric] = report.get(ceiling_key), report.get(metric)
+    return [ceiling, tokens]
 
 
 def _measure_rtfs(tok, clip: torch.Tensor, ev: DictConfig, device: torch.device) -> Dict[str, Any]:
@@ -414,8 +465,6 @@ def eval_markdown(report: Dict[str, Any], images: Sequence[str] = ()) -> str:
         f"- vocoder: {report.get('vocoder')}",
         f"- files evaluated: {report.get('num_files')}, failed: {report.get('num_failed')}",
         "",
-        "## Reconstruction (mean over files; undefined values left out)",
-        "",
     ]
     desc = {
         "mse": "waveform MSE",
@@ -428,7 +477,25 @@ def eval_markdown(report: Dict[str, Any], images: Sequence[str] = ()) -> str:
         "si_sdr": "scale-invariant SDR (dB)",
         "stoi": "STOI at 16 kHz (0–1)",
         "pesq_wb": "wide-band PESQ at 16 kHz (1.04–4.64)",
+        "ceiling_mel_l1": "log-mel L1 of the input's own mel through the vocoder (the vocoder's ceiling)",
+        "ceiling_stoi": "STOI of the input's own mel through the vocoder (the vocoder's ceiling)",
+        "ceiling_pesq_wb": "wide-band PESQ of the input's own mel through the vocoder (the vocoder's ceiling)",
     }
+    pipelines = report.get("pipelines") or []
+    if pipelines:
+        lines += [
+            "## Tokens vs the vocoder's ceiling (mean over files)",
+            "",
+            "Same vocoder, same scoring (the audio re-analysed with the model's mel; STOI and wide-band PESQ at "
+            "16 kHz). The ceiling vocodes the input's own mel, i.e. a perfect tokenizer's output: its distance "
+            "from perfect is what the vocoder costs, the gap between the two rows is what the tokens cost.",
+            "",
+            markdown_table(["pipeline", *(title for _, _, title in PIPELINE_METRICS)], [
+                [p["pipeline"], *(_fmt(p.get(metric)) for metric, _, _ in PIPELINE_METRICS)] for p in pipelines
+            ]),
+            "",
+        ]
+    lines += ["## Reconstruction (mean over files; undefined values left out)", ""]
     per = report.get("files_per_metric", {})
     lines.append(markdown_table(["metric", "value", "files", "meaning"], [
         [k, _fmt(report.get(k)), per.get(k, "n/a"), desc[k]] for k in METRIC_KEYS
@@ -574,11 +641,19 @@ def summarize_sweep(sweep_dir: PathLike) -> List[Dict[str, Any]]:
 
 SWEEP_COLUMNS = ("run", "codebook_size", "num_quantizers", "bitrate (bps)", "tokens/s", "val loss", "mel_l1",
                  "usage", "perplexity", "steps", "time")
+#: added when the runs were evaluated (``luna.report --eval``): the tokens' score, the vocoder's ceiling in brackets
+SWEEP_EVAL_COLUMNS = ("STOI (ceiling)", "PESQ-WB (ceiling)")
+
+
+def _with_ceiling(row: Dict[str, Any], metric: str) -> str:
+    return f"{_fmt(row.get(metric), '.3g')} ({_fmt(row.get('ceiling_' + metric), '.3g')})"
 
 
 def sweep_table(rows: Sequence[Dict[str, Any]]) -> str:
-    """The markdown table of a sweep (missing values read "n/a")."""
-    return markdown_table(SWEEP_COLUMNS, [
+    """The markdown table of a sweep (missing values read "n/a"); STOI and PESQ-WB columns, each with the
+    vocoder's ceiling, when the runs were evaluated."""
+    evaluated = any(r.get("mel_l1_source") == "eval" for r in rows)
+    return markdown_table(SWEEP_COLUMNS + (SWEEP_EVAL_COLUMNS if evaluated else ()), [
         [
             r["run"],
             _fmt(r["codebook_size"], "d") if isinstance(r["codebook_size"], int) else _fmt(r["codebook_size"]),
@@ -591,7 +666,7 @@ def sweep_table(rows: Sequence[Dict[str, Any]]) -> str:
             _fmt(r["perplexity"], ".1f"),
             _fmt(r["step"], ".0f"),
             _fmt_duration(r["elapsed_seconds"]),
-        ]
+        ] + ([_with_ceiling(r, "stoi"), _with_ceiling(r, "pesq_wb")] if evaluated else [])
         for r in rows
     ])
 
@@ -601,7 +676,9 @@ def write_sweep_report(sweep_dir: PathLike, rows: Sequence[Dict[str, Any]]) -> D
     sweep_dir = Path(sweep_dir)
     evaluated = any(r.get("mel_l1_source") == "eval" for r in rows)
     source = (
-        "mel_l1: mean log-mel L1 of the best checkpoint on the bundled dev-clean readers (`luna.report --eval`)"
+        "mel_l1: mean log-mel L1 of the best checkpoint on the bundled dev-clean readers (`luna.report --eval`); "
+        "STOI and PESQ-WB of its vocoded audio, with the vocoder's ceiling (the input's own mel through the same "
+        "vocoder) in brackets"
         if evaluated
         else "mel_l1: the validation mel L1 the trainer recorded in metrics.json"
     )

@@ -14,8 +14,9 @@ import math
 import os
 import random
 import time
+from collections import deque
 from pathlib import Path
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Deque, Dict, Optional, Tuple
 
 import numpy as np
 import torch
@@ -25,7 +26,7 @@ from tqdm import tqdm
 
 from luna import __version__
 from luna.config import ConfigError, to_container
-from luna.data import build_datasets, make_loader, prepare
+from luna.data import SKIPPED_FILE, build_datasets, make_loader, prepare, write_skipped
 from luna.models.tokenizer import SpeechTokenizer
 from luna.training import distributed
 from luna.training.checkpoint import CheckpointManager, rng_state, set_rng_state
@@ -64,6 +65,23 @@ def global_batch_size(cfg: DictConfig, world_size: int) -> int:
     return gb
 
 
+def alarm_grace_steps(cfg: DictConfig) -> int:
+    """Steps before the codebook alarm may fire, and the window over which usage must have stopped rising.
+
+    The longest of: the learning-rate warm-up (``optimizer.warmup_steps``), the grace a revived code gets
+    before it is judged (``model.revival_grace_steps``), and the horizon of the EMA the usage statistics
+    are (``1 / (1 - model.ema_decay)`` steps). Before that, low usage on real speech is the codebooks
+    settling after k-means, not a collapse.
+    """
+    m = cfg.model
+    horizon = math.ceil(1.0 / (1.0 - float(m.ema_decay))) if float(m.ema_decay) < 1 else 0
+    return max(int(cfg.optimizer.warmup_steps), int(m.revival_grace_steps), horizon)
+
+
+#: perplexity counts as rising when it grew by more than this factor over the alarm window
+RISING_PERPLEXITY = 1.05
+
+
 def mel_figure(mel: torch.Tensor, mel_hat: torch.Tensor):
     """Original vs reconstructed log-mel, one above the other (matplotlib Agg)."""
     import matplotlib
@@ -94,13 +112,17 @@ class Trainer:
         self.global_batch = global_batch_size(cfg, env.world_size)
         self.micro_batch = self.global_batch // (env.world_size * self.accumulate)
 
-        # data: rank 0 downloads and indexes first, the others then read its manifest
+        # data: rank 0 downloads and indexes first (and lists what it skipped), the others then read its manifest
+        report = None
+        self.skipped_log = self.out / SKIPPED_FILE
         if env.is_main:
-            prepare(cfg.data)
+            report = prepare(cfg.data)
+            self._list_skipped(report.failed)
         distributed.barrier()
         seed_everything(cfg.seed)  # identical initial weights on every rank and every run of this config
         self.build_models()
-        self.train_ds, self.val_ds, self.data_info = build_datasets(cfg.data, self.sample_rate, cfg.seed)
+        self.train_ds, self.val_ds, self.data_info = build_datasets(
+            cfg.data, self.sample_rate, cfg.seed, report=report, skipped_log=str(self.skipped_log))
         self.num_workers = cfg.data.num_workers if cfg.data.num_workers is not None else cfg.hardware.num_workers
         batches = len(self._loader(0, 0))
         self.steps_per_epoch = batches // self.accumulate
@@ -124,6 +146,8 @@ class Trainer:
         self.bad_steps = 0
         self.failed_items = 0
         self.sync_checks = 0
+        self._health: Dict[int, Deque[Tuple[int, float, float]]] = {}  # quantizer -> (step, usage, perplexity)
+        self._last_alarm: Dict[int, int] = {}  # quantizer -> step of its last alarm line
         self._resume()
         self.ddp = self.wrap(self.model)
         self.trackers: Optional[Trackers] = None
@@ -199,19 +223,42 @@ class Trainer:
                 return
 
     def log_health(self, scalars: Dict[str, float]) -> None:
-        """Codebook usage, perplexity, replacements; an alarm line when a quantizer collapses."""
+        """Codebook usage, perplexity, replacements; an alarm when a quantizer has collapsed.
+
+        A quantizer is in alarm when its usage or perplexity is below ``trainer.alarm_usage`` /
+        ``alarm_perplexity``, the first :func:`alarm_grace_steps` steps are over, and neither has risen
+        over that many steps (usage by a code, perplexity by 5%): codebooks still filling up after k-means
+        are not collapsed. ``codebook/q{i}_alarm`` is logged at every such step; the warning line at most
+        once per window per quantizer.
+        """
         t = self.cfg.trainer
+        window = alarm_grace_steps(self.cfg)
         for i, s in enumerate(self.model.quantizer.stats()):
             scalars[f"codebook/q{i}_usage"] = s["usage"]
             scalars[f"codebook/q{i}_perplexity"] = s["perplexity"]
             scalars[f"codebook/q{i}_replacements"] = float(s["replacements"])
-            if s["usage"] < t.alarm_usage or s["perplexity"] < t.alarm_perplexity:
-                msg = (f"codebook alarm: quantizer {i} uses {s['usage']:.1%} of {self.model.codebook_size} codes, "
-                       f"perplexity {s['perplexity']:.1f} (alarm below usage {t.alarm_usage:.1%} or perplexity "
-                       f"{t.alarm_perplexity}); {s['replacements']} codes replaced this step")
-                log.warning("step %d: %s", self.step, msg)
-                self.trackers.log_text("codebook/alarm", msg, self.step)
-                scalars[f"codebook/q{i}_alarm"] = 1.0
+            history = self._health.setdefault(i, deque())
+            # the reference: the last point at least a window ago (else, e.g. just after a resume, the oldest)
+            ref = next((h for h in reversed(history) if h[0] <= self.step - window), history[0] if history else None)
+            history.append((self.step, s["usage"], s["perplexity"]))
+            while len(history) > 1 and history[1][0] <= self.step - window:
+                history.popleft()  # keep one point at or before the window's start
+            low = s["usage"] < t.alarm_usage or s["perplexity"] < t.alarm_perplexity
+            if not low or self.step <= window:
+                continue
+            if ref is not None and (s["usage"] > ref[1] or s["perplexity"] > RISING_PERPLEXITY * ref[2]):
+                continue  # still filling up
+            scalars[f"codebook/q{i}_alarm"] = 1.0
+            if self.step - self._last_alarm.get(i, -window) < window:
+                continue
+            self._last_alarm[i] = self.step
+            since = f"since step {ref[0]}" if ref is not None else "(no earlier point)"
+            msg = (f"codebook alarm: quantizer {i} uses {s['usage']:.1%} of {self.model.codebook_size} codes, "
+                   f"perplexity {s['perplexity']:.1f}, not rising {since} (alarm below usage {t.alarm_usage:.1%} "
+                   f"or perplexity {t.alarm_perplexity}, after step {window}); {s['replacements']} codes replaced "
+                   f"this step")
+            log.warning("step %d: %s", self.step, msg)
+            self.trackers.log_text("codebook/alarm", msg, self.step)
 
     def describe(self) -> str:
         m = self.model
@@ -231,6 +278,17 @@ class Trainer:
         return {"codebooks": m.quantizer.stats(), "tokens_per_second": m.frame_rate, "bitrate_bps": m.bitrate}
 
     # ---- setup ----------------------------------------------------------------------------------
+    def _list_skipped(self, failed) -> None:
+        """Rank 0, before any rank reads audio: ``skipped_files.tsv`` lists every file the manifest skipped
+        (train and val subsets), with its reason; files that fail only when decoded are appended to it as
+        they are met. A list from an earlier session of this run dir is replaced (or removed if clean)."""
+        if failed:
+            write_skipped(self.skipped_log, failed, found="indexing")
+            log.warning("%d unreadable audio file(s) skipped (train and val): every one, with its reason, in %s",
+                        len(failed), self.skipped_log)
+        else:
+            self.skipped_log.unlink(missing_ok=True)
+
     def _loader(self, epoch: int, start_batch: int, train: bool = True):
         ds = self.train_ds if train else self.val_ds
         return make_loader(
@@ -405,7 +463,8 @@ class Trainer:
                 self._save("last.pt")
         bar.close()
         if self.failed_items and env.is_main:
-            log.warning("skipped %d unreadable audio items during training (see warnings above for the files)", self.failed_items)
+            log.warning("skipped %d unreadable audio items during training (the files, with reasons: %s)", self.failed_items,
+                        self.skipped_log)
         return self._metrics()
 
     # ---- validation, checkpoints, metrics -------------------------------------------------------

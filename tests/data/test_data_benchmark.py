@@ -4,10 +4,12 @@ from __future__ import annotations
 from benchmarks.data_pipeline import run
 
 
-def test_quick_run_reports_both_worker_settings():
+def test_quick_run_reports_both_worker_settings_and_the_no_resampling_reference():
     rows = run(quick=True)
-    assert [r["workers"] for r in rows][0] == 0 and rows[1]["workers"] >= 2
+    assert [r["workers"] for r in rows][0] == 0 and rows[1]["workers"] >= 2 and rows[2]["workers"] == 0
     for r in rows:
         assert r["unit"] == "x realtime" and r["threads"] == 1
         assert r["luna"] > 10 and r["wall_x_realtime_total"] > 10 and r["first_batch_s"] > 0
-        assert "24 kHz" in r["what"] and "batch 16" in r["what"]
+        assert "batch 16" in r["what"]
+    assert all("22.05 kHz (from 16 kHz)" in r["what"] for r in rows[:2])  # model=rvq8's rate, the real corpus
+    assert "16 kHz (no resampling)" in rows[2]["what"]

@@ -135,3 +135,21 @@ def test_manifest_survives_a_moved_tree(libri_tree, tmp_path):
     report = build_manifest(moved, "librispeech", ["train-x"])
     assert report.rebuilt == []  # paths are stored relative to the root, mtimes survive a rename
     assert all(Path(e.path).is_file() and moved in Path(e.path).parents for e in report.entries)
+
+
+def test_skipped_files_listing(tmp_path):
+    from luna.data import record_skipped, write_skipped
+
+    listing = tmp_path / "run" / "skipped_files.tsv"
+    write_skipped(listing, [("/a/empty.flac", "empty file (0 bytes)"), ("/a/x.wav", "bad\theader\nline two")])
+    assert record_skipped(listing, "/a/cut.flac", "file ends early") is True
+    assert record_skipped(listing, "/a/cut.flac", "file ends early") is False  # another worker met it too
+    assert record_skipped(listing, "/a/empty.flac", "again") is False
+    assert listing.read_text().splitlines() == [
+        "path\treason\tfound",
+        "/a/empty.flac\tempty file (0 bytes)\tindexing",
+        "/a/x.wav\tbad header line two\tindexing",
+        "/a/cut.flac\tfile ends early\tdecoding",
+    ]
+    fresh = tmp_path / "other.tsv"
+    assert record_skipped(fresh, "/b/c.flac", "no samples") and fresh.read_text().startswith("path\treason\tfound\n")

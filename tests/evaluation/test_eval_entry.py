@@ -1,4 +1,8 @@
-"""``python -m luna.eval`` end to end on a tiny untrained checkpoint, and ``luna.report --eval`` on a sweep of two."""
+"""``python -m luna.eval`` end to end on a tiny untrained checkpoint, and ``luna.report --eval`` on a sweep of two.
+
+The tiny model is 16 kHz; the default vocoder (universal HiFi-GAN, 22.05 kHz) does not fit it, so every
+evaluation here uses vocoder=griffinlim, which fits any model.
+"""
 from __future__ import annotations
 
 import copy
@@ -26,7 +30,8 @@ REPORT_KEYS = {
     "mse": float, "mae": float, "peak_original": float, "peak_reconstructed": float, "mel_l1": float,
     "stft_distance": float, "si_sdr": float, "stoi": float, "pesq_wb": float, "bitrate_bps": float,
     "tokens_per_second": float, "codebooks": list, "rtf": dict, "num_files": int, "num_failed": int,
-    "vocoder": str, "failed": list, "null_reasons": dict,
+    "vocoder": str, "failed": list, "null_reasons": dict, "ceiling_mel_l1": float, "ceiling_stoi": float,
+    "ceiling_pesq_wb": float, "pipelines": list,
 }
 
 
@@ -53,7 +58,8 @@ def speech() -> torch.Tensor:
 
 
 def run_eval(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "luna.eval", *args], capture_output=True, text=True, timeout=120)
+    return subprocess.run([sys.executable, "-m", "luna.eval", "vocoder=griffinlim", *args], capture_output=True, text=True,
+                          timeout=120)
 
 
 def test_single_file_report(checkpoint, speech, tmp_path):
@@ -85,6 +91,39 @@ def test_single_file_report(checkpoint, speech, tmp_path):
     for png in ("mel_comparison.png", "code_usage.png"):
         assert (out / png).read_bytes()[:4] == b"\x89PNG"
     assert sf.info(str(out / "wavs" / "000_speech_reconstructed.wav")).frames == len(speech)
+    assert sf.info(str(out / "wavs" / "000_speech_ceiling.wav")).frames == len(speech)
+    assert_states_the_vocoders_ceiling(report, out, speech)
+
+
+def assert_states_the_vocoders_ceiling(report, out, speech):
+    """Ground-truth mel → the same vocoder, scored like the tokens: an untrained tokenizer is far below it."""
+    ceiling, tokens = report["pipelines"]
+    assert ceiling == {"pipeline": "ground-truth mel → griffinlim (ceiling)", "input": "ground-truth mel",
+                       "mel_l1_resynth": report["ceiling_mel_l1"], "stoi": report["ceiling_stoi"],
+                       "pesq_wb": report["ceiling_pesq_wb"]}
+    assert tokens == {"pipeline": "tokens → griffinlim", "input": "tokens", "mel_l1_resynth": report["mel_l1_resynth"],
+                      "stoi": report["stoi"], "pesq_wb": report["pesq_wb"]}
+    # real vocoding: Griffin-Lim on the true mel is good but not perfect, and far better than untrained tokens
+    assert 0.6 < report["ceiling_stoi"] < 0.999 and report["ceiling_stoi"] > report["stoi"] + 0.2
+    assert 0 < report["ceiling_mel_l1"] < report["mel_l1_resynth"]
+    assert 1.0 <= report["ceiling_pesq_wb"] <= 4.65  # (PESQ can rate an untrained model's loud buzz above GL: no order)
+    ceiling_wav, _ = load(out / "wavs" / "000_speech_ceiling.wav")
+    assert not torch.allclose(ceiling_wav, speech, atol=1e-2)  # vocoded, not the input copied through
+    md = (out / "report.md").read_text()
+    assert "| pipeline | mel L1 | STOI | PESQ-WB |" in md
+    assert f"| ground-truth mel → griffinlim (ceiling) | {report['ceiling_mel_l1']:.4g} | {report['ceiling_stoi']:.4g} |" in md
+    assert f"| tokens → griffinlim | {report['mel_l1_resynth']:.4g} | {report['stoi']:.4g} | {report['pesq_wb']:.4g} |" in md
+    assert report["files_per_metric"]["ceiling_stoi"] == 1 and "ceiling_stoi" not in report["null_reasons"]
+
+
+def test_ceiling_of_a_clip_shorter_than_one_mel_frame_is_null_with_a_reason(checkpoint, tmp_path):
+    wav = tmp_path / "blip.wav"
+    sf.write(wav, 0.1 * np.sin(np.arange(100) / 3.0).astype(np.float32), 16000)  # 100 samples < hop 160
+    report = run_evaluation(eval_cfg(checkpoint, input=str(wav)), tmp_path / "out")
+    for key in ("ceiling_mel_l1", "ceiling_stoi", "ceiling_pesq_wb"):
+        assert report[key] is None and report["per_file"][0][key] is None
+        assert report["null_reasons"][key][0]["reason"] == "clip shorter than one mel frame"
+    assert report["pipelines"][0]["stoi"] is None and "n/a" in (tmp_path / "out" / "report.md").read_text()
 
 
 def test_directory_with_degenerate_and_broken_files(checkpoint, speech, tmp_path):
@@ -115,8 +154,12 @@ def test_directory_with_degenerate_and_broken_files(checkpoint, speech, tmp_path
     assert set(undefined("stoi")) == {"silence.wav", "short50ms.wav"}
     assert set(undefined("pesq_wb")) == {"silence.wav", "short50ms.wav"}
     assert "1/4 of a second" in undefined("pesq_wb")["short50ms.wav"]
+    # the vocoder's ceiling is undefined exactly where the tokens' scores are, for the same reasons
+    for metric in ("stoi", "pesq_wb"):
+        assert undefined(f"ceiling_{metric}") == undefined(metric)
+    assert "ceiling_mel_l1" not in report["null_reasons"]
     # averages skip the undefined values instead of becoming undefined themselves
-    for metric in ("si_sdr", "stoi", "pesq_wb", "mel_l1"):
+    for metric in ("si_sdr", "stoi", "pesq_wb", "mel_l1", "ceiling_mel_l1", "ceiling_stoi", "ceiling_pesq_wb"):
         assert isinstance(report[metric], float)
     assert report["files_per_metric"]["stoi"] == 4 and report["files_per_metric"]["mel_l1"] == 6
     per = {Path(f["path"]).name: f for f in report["per_file"]}
@@ -143,7 +186,8 @@ def test_bad_input_is_one_line_and_exit_2(checkpoint, speech, tmp_path, case):
 
 
 def eval_cfg(checkpoint, **keys):
-    cfg = compose_cfg("eval", [f"checkpoint={checkpoint}", "device=cpu", "eval.rtf_repeats=1", "eval.rtf_max_seconds=0.5", "eval.save_wavs=0"])
+    cfg = compose_cfg("eval", [f"checkpoint={checkpoint}", "vocoder=griffinlim", "device=cpu", "eval.rtf_repeats=1",
+                               "eval.rtf_max_seconds=0.5", "eval.save_wavs=0"])
     for k, v in keys.items():
         OmegaConf.update(cfg, k, v)
     return cfg
@@ -166,7 +210,7 @@ def test_in_process_errors(checkpoint, tmp_path):
     report = json.loads((tmp_path / "o3" / "report.json").read_text())
     assert report["num_files"] == 0 and report["num_failed"] == 1 and report["mel_l1"] is None
     with pytest.raises(EvalError, match="^checkpoint: required"):
-        run_evaluation(compose_cfg("eval", [f"input={SPEECH}"]), tmp_path / "o5")
+        run_evaluation(compose_cfg("eval", [f"input={SPEECH}", "vocoder=griffinlim"]), tmp_path / "o5")
     with pytest.raises(EvalError, match="not both"):
         run_evaluation(eval_cfg(checkpoint, input=str(SPEECH), test_dir=str(folder)), tmp_path / "o4")
 
@@ -180,7 +224,7 @@ def test_quantizer_prefix_is_the_n_quantizer_encoding(checkpoint, speech):
     assert torch.equal(tok.tokenize(speech, 16000, num_quantizers=1), full[:, :1])
 
 
-def test_report_eval_uses_dev_mini_mel_l1(checkpoint, tmp_path, capsys):
+def test_report_eval_uses_dev_clean_mel_l1_and_shows_the_ceiling(checkpoint, tmp_path, capsys):
     sweep = tmp_path / "sweep"
     tiny = OmegaConf.to_container(compose_cfg("train", ["model=tiny", "vocoder=griffinlim"]).model, resolve=True)
     for n in (1, 2):
@@ -192,11 +236,14 @@ def test_report_eval_uses_dev_mini_mel_l1(checkpoint, tmp_path, capsys):
         (run / "metrics.json").write_text(json.dumps({"val_mel_l1": 123.0, "step": 10}))
         (run / "checkpoints").mkdir()
         shutil.copy(checkpoint, run / "checkpoints" / "best.pt")
-    assert report_cli.main([str(sweep), "--eval", "--max-files", "1", "--device", "cpu"]) == 0
-    rows = [line for line in (sweep / "report.md").read_text().splitlines() if line.startswith("| model.")]
+    assert report_cli.main([str(sweep), "--eval", "--max-files", "1", "--device", "cpu", "--vocoder", "griffinlim"]) == 0
+    md = (sweep / "report.md").read_text()
+    rows = [line for line in md.splitlines() if line.startswith("| model.")]
     assert len(rows) == 2 and all("123" not in r for r in rows)
+    assert "| STOI (ceiling) | PESQ-WB (ceiling) |" in md
     for n in (1, 2):
         ev = json.loads((sweep / f"model.num_quantizers={n}" / "eval" / "report.json").read_text())
-        assert ev["num_files"] == 1 and f"{ev['mel_l1']:.4g}" in rows[n - 1]
-    assert "dev-mini" in (sweep / "report.md").read_text()
+        assert ev["num_files"] == 1 and ev["vocoder"] == "griffinlim" and f"{ev['mel_l1']:.4g}" in rows[n - 1]
+        assert f"| {ev['stoi']:.3g} ({ev['ceiling_stoi']:.3g}) | {ev['pesq_wb']:.3g} ({ev['ceiling_pesq_wb']:.3g}) |" in rows[n - 1]
+    assert "dev-clean" in md
     assert (sweep / "rate_distortion.png").read_bytes()[:4] == b"\x89PNG"

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import logging
 import random
+from pathlib import Path
 
 import pytest
 import torch
@@ -147,24 +148,54 @@ def test_accumulation_counts_optimizer_steps_not_micro_batches(tmp_path):
     assert last["step"] == 3 and last["batch_pos"] == 12
 
 
+def _scalars(run_dir, tag):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    ea = EventAccumulator(str(run_dir / "tensorboard"), size_guidance={"scalars": 0})
+    ea.Reload()
+    return {e.step: e.value for e in ea.Scalars(tag)} if tag in ea.Tags()["scalars"] else {}
+
+
 def test_codebook_alarm_fires_on_a_forced_collapse(tmp_path, monkeypatch, caplog):
-    """An encoder that outputs one constant vector collapses every quantizer onto one code."""
+    """An encoder that outputs one constant vector collapses every quantizer onto one code: once the
+    grace period is over (here max(warmup 2, revival grace 20, EMA horizon 1/(1-0.9)) = 20 steps), the alarm
+    fires, one warning line per window, the tracker flag at every logged step."""
     from luna.models.codec import Encoder
-    from luna.training.trainer import train
+    from luna.training.trainer import alarm_grace_steps, train
 
     real = Encoder.forward
     monkeypatch.setattr(Encoder, "forward", lambda self, mel: real(self, mel) * 0 + 1.0)
     caplog.set_level(logging.WARNING, logger="luna.trainer")
-    train(_in_process_cfg(tmp_path, ["trainer.max_steps=3", "logger=tensorboard", "trainer.alarm_usage=0.1"]))
+    cfg = _in_process_cfg(tmp_path, ["trainer.max_steps=30", "logger=tensorboard", "trainer.alarm_usage=0.1",
+                                     "model.ema_decay=0.9"])
+    assert alarm_grace_steps(cfg) == 20
+    train(cfg)
     alarms = [r.message for r in caplog.records if "codebook alarm" in r.message]
     assert alarms, "no alarm on a collapsed codebook"
+    assert all(a.startswith("step 21: ") for a in alarms) and len(alarms) == 2  # both quantizers, once each
     assert "quantizer 0 uses 3.1% of 32 codes" in alarms[0] and "perplexity 1.0" in alarms[0]
-    assert "replaced this step" in alarms[0]
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    assert "not rising since step 1" in alarms[0] and "replaced this step" in alarms[0]
+    assert sorted(_scalars(tmp_path, "codebook/q0_alarm")) == list(range(21, 31))
 
-    ea = EventAccumulator(str(tmp_path / "tensorboard"))
-    ea.Reload()
-    assert "codebook/q0_alarm" in ea.Tags()["scalars"]
+
+def test_codebook_alarm_stays_silent_while_usage_rises_on_real_speech(tmp_path, caplog):
+    """4 x 1024 codes on the bundled corpus: after k-means the deeper stages use 0.4% of their codes and
+    fill up over the next hundreds of steps. The old rule (usage below 5%) warned at every logged step."""
+    from luna.training.trainer import alarm_grace_steps, train
+
+    caplog.set_level(logging.WARNING, logger="luna.trainer")
+    cfg = _in_process_cfg(tmp_path, ["trainer.max_steps=60", "model.codebook_size=1024", "model.num_quantizers=4",
+                                     "data.segment_seconds=1.0", "model.ema_decay=0.95", "logger=tensorboard",
+                                     "logger.log_every_steps=5"])
+    grace = alarm_grace_steps(cfg)
+    assert grace == 20  # max(warmup 2, revival grace 20, EMA horizon 1/(1-0.95))
+    train(cfg)
+    assert not [r.message for r in caplog.records if "codebook alarm" in r.message]
+    usage = _scalars(tmp_path, "codebook/q1_usage")
+    judged = [step for step in usage if step > grace]
+    assert len(judged) >= 6 and all(usage[step] < 0.05 for step in judged)  # low all along, but rising
+    assert usage[max(judged)] > usage[min(judged)]
+    assert not _scalars(tmp_path, "codebook/q1_alarm")
 
 
 def test_training_on_a_folder_with_broken_files_logs_what_it_skipped(tmp_path):
@@ -186,3 +217,15 @@ def test_training_on_a_folder_with_broken_files_logs_what_it_skipped(tmp_path):
     assert "2 unreadable skipped" in log  # found by the manifest pass (empty, not audio)
     assert "truncated.flac" in log  # fails only when decoded: logged once, its items fall back
     assert load(tmp_path / "run" / "checkpoints" / "last.pt")["step"] == 6
+    # the run dir lists every skipped file with its reason; the log says how many and where
+    listing = tmp_path / "run" / "skipped_files.tsv"
+    assert f"2 unreadable audio file(s) skipped (train and val): every one, with its reason, in {listing}" in log
+    header, *lines = listing.read_text().splitlines()
+    assert header == "path\treason\tfound"
+    rows = {Path(p).name: (Path(p), reason, found) for p, reason, found in (line.split("\t") for line in lines)}
+    assert len(rows) == len(lines) == 3
+    assert rows["empty.flac"][1:] == ("empty file (0 bytes)", "indexing")
+    assert rows["notes.wav"][2] == "indexing" and rows["notes.wav"][1]
+    assert rows["truncated.flac"][2] == "decoding" and rows["truncated.flac"][1]  # e.g. a failed seek
+    assert all(p.is_file() and p.parent.parent == root for p, _, _ in rows.values())
+    assert f"(the files, with reasons: {listing})" in log

@@ -15,7 +15,7 @@ from luna import audio
 from luna.config import ROOT, ConfigError, MelConfig, validate
 from luna.features import MelSpectrogram
 from luna.models.tokenizer import SpeechTokenizer
-from luna.models.vocoder import HIFIGAN_PRESETS, build_vocoder, generator_for_training
+from luna.models.vocoder import HIFIGAN_PRESETS, generator_for_training
 from luna.training.vocoder_trainer import load_frozen_tokenizer
 from tests.conftest import compose_train
 from tests.training.helpers import assert_same_tensors, kill_at_step, load, metrics, run_train
