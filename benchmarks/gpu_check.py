@@ -583,10 +583,13 @@ def section_vocoder(sec: Section) -> None:
             base = [o for o in base_overrides(sec) if not o.startswith(("vocoder=", "data.segment_seconds="))]
             cfg = compose([*base, *overrides])
             given = ""
-            if cfg.task == "vocoder" and not cfg.vocoder.get("finetune_from"):
-                if exp != "vocoder":  # a fine-tuning preset without a tokenizer: give it an (untrained) one
-                    overrides.append(f"vocoder.finetune_from={tokenizer_checkpoint(sec)}")
-                    given = "; vocoder.finetune_from = an untrained tokenizer of the same model (speed only)"
+            if cfg.task == "vocoder" and exp != "vocoder" and not cfg.vocoder.get("tokenizer_checkpoint"):
+                # a fine-tuning preset without a tokenizer: give it an (untrained) one of the mode's model
+                overrides.append(f"vocoder.tokenizer_checkpoint={tokenizer_checkpoint(sec)}")
+                given = "; vocoder.tokenizer_checkpoint = an untrained tokenizer of the same model (speed only)"
+                if sec.args.tiny:  # the tiny model is not on the universal mel convention: a fresh generator
+                    overrides.append("vocoder.init=null")
+                    given += "; vocoder.init=null (tiny model)"
             t = make_trainer(sec, exp, overrides, save=False, base=base)
             t.fit()
             seg = float(t.cfg.data.segment_seconds)
@@ -615,25 +618,10 @@ def tokenizer_checkpoint(sec: Section) -> Path:
     return path
 
 
-def speech(seconds: float, sample_rate: int) -> Any:
-    """``[S]`` of real speech: dev-clean utterances of the bundled corpus, concatenated, at ``sample_rate``."""
-    import torch
-
-    from luna.audio import load, resample
-    from luna.evaluation.report import DEV_CLEAN, find_audio_files
-
-    need, parts = int(seconds * sample_rate), []
-    for f in find_audio_files(DEV_CLEAN):
-        wav, sr = load(f)
-        parts.append(resample(wav, sr, sample_rate))
-        if sum(p.numel() for p in parts) >= need:
-            break
-    return torch.cat(parts)[:need]
-
-
 def section_rtf(sec: Section) -> None:
     import torch
 
+    from benchmarks.run import speech
     from luna.evaluation.latency import measure_rtf
     from luna.models.tokenizer import SpeechTokenizer
 
@@ -914,6 +902,7 @@ def fp16_universal_vocoder() -> str:
         os.replace(tmp, UNIVERSAL_FP16)
     shutil.copy(config, UNIVERSAL_FP16.parent / "config.json")
     # how much the fp16 rounding of the weights changes the audio (2 s of real speech, CPU, fp32 math)
+    from benchmarks.run import speech
     from luna.config import MelConfig
     from luna.features import MelSpectrogram
 

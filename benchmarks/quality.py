@@ -75,7 +75,7 @@ def measure(name: str, overrides: List[str], steps: int, threads: int, eval_file
         "name": name, "overrides": overrides, "steps": steps, "threads": threads,
         "train_seconds": _train_seconds(run_dir) or train_wall,
         "mel_l1": report.get("mel_l1"), "stoi": report.get("stoi"), "pesq_wb": report.get("pesq_wb"),
-        "ceiling": report.get("ceiling"), "files": report.get("num_files"),
+        "ceiling": {m: report.get(f"ceiling_{m}") for m in ("mel_l1", "stoi", "pesq_wb")}, "files": report.get("num_files"),
         **_codebook_health(run_dir / "checkpoints" / "last.pt"),
         "command": " ".join(["python -m benchmarks.quality", f"--name {name}", f"--steps {steps}", *overrides]),
     }

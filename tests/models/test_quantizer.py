@@ -69,6 +69,26 @@ def test_revival_uses_the_worst_quantized_vectors():
     assert int(layer.grace[0]) == 10  # not judged dead again during its grace period
 
 
+def test_random_revival_draws_batch_vectors_reproducibly():
+    """revival="random": dead codes become distinct vectors of the batch, the same ones for the same seed."""
+    def revive(seed: int) -> torch.Tensor:
+        layer = EMACodebook(2, 8, decay=0.99, dead_code_threshold=0.5, revival_grace_steps=10, revival="random")
+        layer.init_kmeans(torch.randn(64, 2, generator=torch.Generator().manual_seed(0)), torch.Generator().manual_seed(0))
+        layer.cluster_size[:3] = 1e-6  # three dead codes
+        layer.embed_sum[:3] = 0.0
+        batch = torch.randn(40, 2, generator=torch.Generator().manual_seed(1)) + 5
+        torch.manual_seed(seed)
+        layer.update(batch, layer.encode(batch))
+        assert int(layer.replaced) == 3 and layer.grace[:3].tolist() == [10] * 3
+        return layer.codebook[:3].clone()
+
+    new = revive(0)
+    batch = torch.randn(40, 2, generator=torch.Generator().manual_seed(1)) + 5
+    dist = torch.cdist(new, batch, compute_mode="donot_use_mm_for_euclid_dist")  # exact distances
+    assert dist.min(1).values.max() < 1e-5 and len(set(dist.argmin(1).tolist())) == 3
+    assert torch.equal(revive(0), new) and not torch.equal(revive(1), new)
+
+
 def test_dead_threshold_does_not_depend_on_batch_size():
     layer = EMACodebook(2, 8, dead_code_threshold=0.2)
     sizes = torch.tensor([100.0, 100, 100, 100, 100, 100, 1, 100])
