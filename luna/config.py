@@ -65,7 +65,7 @@ class ModelConfig:
     kmeans_iters: int = 10
     dead_code_threshold: float = 0.1  # a code is dead below this fraction of uniform usage (EMA)
     revival_grace_steps: int = 200  # a revived code is not judged dead again before this many steps
-    revival: str = "worst"  # what a dead code is revived from: worst | random (vectors of the batch)
+    revival: str = "random"  # what a dead code is revived from: random | worst (vectors of the batch)
     quantizer_dropout: float = 0.5  # fraction of samples trained with a random 1..N quantizers
     loss: LossConfig = field(default_factory=LossConfig)
 

@@ -5,15 +5,16 @@ Rules (DESIGN.md §3), each covered by a test:
   at once) can never be undone by the same step's EMA update (audiocraft overwrites its revival).
 - k-means init on the first training batch, on data gathered from every rank, broadcast from rank 0.
 - Dead codes (EMA usage below ``dead_code_threshold`` × uniform usage, a batch-size-free fraction) are
-  revived from the worst-quantized vectors of the batch and get a grace period that doubles each time the
-  same code dies again, so revival settles instead of cycling forever.
+  revived from random vectors of the batch (or the worst-quantized ones, ``revival="worst"``) and get a
+  grace period that doubles each time the same code dies again, so revival settles instead of cycling.
 - Stage i+1 quantizes ``residual_i - sg(q_i)``: the commitment loss of every stage reaches the encoder
   (encodec #25); the straight-through estimator is applied once, on the sum.
 - EMA statistics are all-reduced across ranks every step; all quantizer math runs in fp32.
 - Quantizer dropout: a fraction of the samples use a random 1..N quantizers, so one model serves every N.
 
 A training step reads nothing back to the host (no device sync on a GPU): the initialized flag is cached
-in Python, revival is masked tensor arithmetic, and counts use ``index_add_`` rather than ``bincount``.
+in Python, revival is masked tensor arithmetic, and counts use ``index_add_`` / ``scatter_add_`` rather than
+``bincount``.
 """
 from __future__ import annotations
 
@@ -113,7 +114,7 @@ class EMACodebook(nn.Module):
         kmeans_iters: int = 10,
         dead_code_threshold: float = 0.1,
         revival_grace_steps: int = 200,
-        revival: str = "worst",
+        revival: str = "random",
         eps: float = 1e-5,
     ):
         super().__init__()
@@ -292,7 +293,7 @@ class ResidualVectorQuantizer(nn.Module):
         revival_grace_steps: int = 200,
         quantizer_dropout: float = 0.0,
         seed: int = 0,
-        revival: str = "worst",
+        revival: str = "random",
     ):
         super().__init__()
         self.num_quantizers, self.codebook_size, self.dim = num_quantizers, codebook_size, dim
