@@ -32,7 +32,7 @@ lock-check: $(UV)
 doctor: install
 	$(PY) -m luna.doctor
 
-# Train the quickstart tokenizer on the bundled corpus (2 CPU cores: ~5 min), then evaluate it.
+# Train the quickstart tokenizer on the bundled real speech (2 CPU cores: 8 min), then evaluate it on held-out readers.
 demo: install
 	$(PY) -m luna.train experiment=quickstart
 	$(PY) -m luna.eval checkpoint=outputs/runs/quickstart/checkpoints/best.pt \

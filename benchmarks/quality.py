@@ -56,8 +56,9 @@ def _codebook_health(ckpt: Path) -> Dict[str, Any]:
             "replacements": [s["replacements"] for s in stats]}
 
 
-def measure(name: str, overrides: List[str], steps: int, threads: int, eval_files: Optional[int]) -> Dict[str, Any]:
-    run_dir = OUT / name
+def measure(name: str, overrides: List[str], steps: int, threads: int, eval_files: Optional[int],
+            out: Path = OUT) -> Dict[str, Any]:
+    run_dir = out / name
     train_wall = _run([
         sys.executable, "-m", "luna.train", "experiment=quickstart", f"trainer.max_steps={steps}",
         "trainer.max_minutes=0", f"hardware.threads={threads}", "logger=none", "trainer.progress=false",
@@ -79,8 +80,8 @@ def measure(name: str, overrides: List[str], steps: int, threads: int, eval_file
         **_codebook_health(run_dir / "checkpoints" / "last.pt"),
         "command": " ".join(["python -m benchmarks.quality", f"--name {name}", f"--steps {steps}", *overrides]),
     }
-    OUT.mkdir(parents=True, exist_ok=True)
-    with open(OUT / "results.jsonl", "a") as f:
+    out.mkdir(parents=True, exist_ok=True)
+    with open(out / "results.jsonl", "a") as f:
         f.write(json.dumps(row) + "\n")
     return row
 
@@ -92,12 +93,13 @@ def _fmt(x: Any, digits: int = 3) -> str:
 def main(argv: Optional[List[str]] = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--name", required=True, help="arm name: outputs/quality/NAME")
-    p.add_argument("--steps", type=int, default=1500, help="optimizer steps (default: the demo's 1500)")
+    p.add_argument("--steps", type=int, default=3000, help="optimizer steps (default: the demo's 3000)")
     p.add_argument("--threads", type=int, default=2, help="torch threads for training (default 2)")
     p.add_argument("--eval-files", type=int, default=None, help="at most this many dev-clean files (default: all 30)")
+    p.add_argument("--out", type=Path, default=OUT, help="where arms and results.jsonl go (default outputs/quality)")
     p.add_argument("overrides", nargs="*", help="Hydra overrides of luna.train on top of experiment=quickstart")
     a = p.parse_args(argv)
-    row = measure(a.name, a.overrides, a.steps, a.threads, a.eval_files)
+    row = measure(a.name, a.overrides, a.steps, a.threads, a.eval_files, a.out)
     print("| arm | steps | train s | mel L1 | STOI | PESQ-WB |")
     print("|---|---|---|---|---|---|")
     print(f"| {row['name']} | {row['steps']} | {_fmt(row['train_seconds'], 0)} | {_fmt(row['mel_l1'])} | "
