@@ -6,9 +6,9 @@ type fails when Hydra composes the config. Cross-field rules that a type cannot 
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Tuple
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
@@ -41,6 +41,21 @@ class MelConfig:
     log: str = "ln"  # ln | log10
     log_floor: float = 1e-5  # log(clamp(x, floor))
     padding: str = "reflect"  # reflect | constant: (n_fft - hop) / 2 each side, center=False
+
+
+def mel_config(node: Any) -> MelConfig:
+    """A MelConfig from a dataclass, DictConfig or dict."""
+    if isinstance(node, MelConfig):
+        return node
+    if isinstance(node, DictConfig):
+        node = OmegaConf.to_container(node, resolve=True)
+    return MelConfig(**dict(node))
+
+
+def mel_mismatches(a: Any, b: Any) -> List[Tuple[str, Any, Any]]:
+    """Fields where two mel conventions differ, as (field, a value, b value)."""
+    a, b = asdict(mel_config(a)), asdict(mel_config(b))
+    return [(f.name, a[f.name], b[f.name]) for f in fields(MelConfig) if a[f.name] != b[f.name]]
 
 
 @dataclass
@@ -394,9 +409,7 @@ def validate_vocoder_training(v: Any, task: Optional[str]) -> None:
         if v.get("generator"):
             _fail("vocoder.generator", f"vocoder.init=universal loads the V1 preset as it is: remove the overrides "
                   f"{dict(v.generator)}")
-        universal = MelConfig()  # its defaults are the universal convention
-        diffs = [f"{f} {v.mel[f]!r} (universal: {getattr(universal, f)!r})" for f in MelConfig.__dataclass_fields__
-                 if v.mel[f] != getattr(universal, f)]
+        diffs = [f"{f} {a!r} (universal: {b!r})" for f, a, b in mel_mismatches(v.mel, MelConfig())]  # defaults = universal
         if diffs:
             _fail("vocoder.mel", "vocoder.init=universal needs the universal HiFi-GAN mel convention (vocoder.mel "
                   "follows model.mel: use model=rvq8 or a preset on its convention); differs in " + "; ".join(diffs))

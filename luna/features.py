@@ -1,29 +1,12 @@
 """The log-mel front end: one :class:`~luna.config.MelConfig` describes it for tokenizer and vocoder alike."""
 from __future__ import annotations
 
-from dataclasses import asdict, fields
-from typing import Any, List, Tuple
+from typing import Any
 
 import torch
 import torchaudio
-from omegaconf import DictConfig, OmegaConf
 
-from luna.config import MelConfig
-
-
-def mel_config(node: Any) -> MelConfig:
-    """A MelConfig from a dataclass, DictConfig or dict."""
-    if isinstance(node, MelConfig):
-        return node
-    if isinstance(node, DictConfig):
-        node = OmegaConf.to_container(node, resolve=True)
-    return MelConfig(**dict(node))
-
-
-def mel_mismatches(a: Any, b: Any) -> List[Tuple[str, Any, Any]]:
-    """Fields where two mel conventions differ, as (field, a value, b value)."""
-    a, b = asdict(mel_config(a)), asdict(mel_config(b))
-    return [(f.name, a[f.name], b[f.name]) for f in fields(MelConfig) if a[f.name] != b[f.name]]
+from luna.config import MelConfig, mel_config, mel_mismatches  # noqa: F401 - the mel helpers, re-exported here
 
 
 class MelSpectrogram(torch.nn.Module):
