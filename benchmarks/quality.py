@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
-from luna.config import ROOT
+ROOT = Path(__file__).resolve().parent.parent  # the repository (benchmarks run from a checkout)
 from luna.evaluation.report import DEV_CLEAN
 
 OUT = ROOT / "outputs" / "quality"

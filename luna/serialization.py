@@ -9,14 +9,12 @@ from pathlib import Path
 from typing import Any, BinaryIO, Callable, Union
 
 import torch
+from luna.errors import CheckpointError  # noqa: F401 - raised here, importable from here
 
 
 _UMASK = os.umask(0)
 os.umask(_UMASK)
 
-
-class CheckpointError(RuntimeError):
-    """A checkpoint that is missing, unsafe or incompatible; the message is one line naming the file."""
 
 
 def atomic_write(path: Union[str, Path], data: Union[bytes, Callable[[BinaryIO], Any]]) -> None:

@@ -27,7 +27,6 @@ import json
 import logging
 import math
 import os
-import sys
 import time
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
@@ -40,9 +39,11 @@ from hydra.utils import to_absolute_path
 from omegaconf import DictConfig, OmegaConf
 
 from luna import __version__
+from luna.cli import entry_point
 from luna.config import CONF_DIR, ConfigError
+from luna.errors import TokensError
 from luna.data.librispeech import DataError
-from luna.serialization import CheckpointError, atomic_write
+from luna.serialization import atomic_write
 from luna.tokens import CODEC_FILE, FAILED_FILE, FORMAT, MANIFEST_FILE, PLAN_FILE, SHARD_DIR, shard_name
 
 log = logging.getLogger("luna.tokenize")
@@ -50,21 +51,16 @@ log = logging.getLogger("luna.tokenize")
 PREFETCH = 4  # files decoded ahead of the model, in threads (libsndfile releases the GIL)
 
 
-class TokenizeError(RuntimeError):
-    """An export that cannot run or finish; the message is one line."""
+TokenizeError = TokensError  # an export that cannot run or finish
 
 
 # ---------------------------------------------------------------------------------------------------
 # entry point
 # ---------------------------------------------------------------------------------------------------
 @hydra.main(config_path=str(CONF_DIR), config_name="tokenize", version_base="1.3")
+@entry_point
 def main(cfg: DictConfig) -> None:
-    logging.captureWarnings(True)  # library warnings go to the log, so stderr carries only errors
-    try:
-        summary = export(cfg)
-    except (TokenizeError, ConfigError, CheckpointError, DataError) as e:
-        print(f"error: {' '.join(str(e).split())}", file=sys.stderr)
-        sys.exit(2)
+    summary = export(cfg)
     if summary is not None:
         log.info(
             "done: %d utterances (%.2f h, %d tokens x %d quantizers) in %d shards, %d unreadable file(s) "

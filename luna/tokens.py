@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Any, Dict, Iterator, List, Tuple, Union
 
 import numpy as np
+from luna.errors import TokensError  # noqa: F401 - raised here, importable from here
 
 __all__ = ["TokenSet", "TokensError", "open", "FORMAT", "shard_name"]
 
@@ -58,9 +59,6 @@ FORMAT: Dict[str, Any] = {
     "loader": "luna.tokens.open(DIR)",
 }
 
-
-class TokensError(RuntimeError):
-    """A directory that is not a finished, readable luna token export; the message says why."""
 
 
 def shard_name(index: int) -> str:

@@ -2,34 +2,28 @@
 from __future__ import annotations
 
 import logging
-import sys
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from luna.config import CONF_DIR, ConfigError, validate
-from luna.serialization import CheckpointError
+from luna.cli import entry_point
+from luna.config import CONF_DIR, validate
 
 log = logging.getLogger("luna.train")
 
 
 @hydra.main(config_path=str(CONF_DIR), config_name="train", version_base="1.3")
+@entry_point
 def main(cfg: DictConfig) -> float:
-    from luna.data import DataError  # heavy imports after Hydra parsed the CLI
-    from luna.training.trainer import TrainingError, train
+    from luna.training.launch import train  # heavy imports after Hydra parsed the CLI
 
-    try:
-        validate(cfg)  # every cross-field rule, before anything is built
-        with open_dict(cfg):
-            if cfg.output_dir is None:
-                cfg.output_dir = HydraConfig.get().runtime.output_dir
-        OmegaConf.resolve(cfg)
-        metrics = train(cfg)
-    except (ConfigError, CheckpointError, TrainingError, DataError) as e:
-        log.error("%s", e)
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
+    validate(cfg)  # every cross-field rule, before anything is built
+    with open_dict(cfg):
+        if cfg.output_dir is None:
+            cfg.output_dir = HydraConfig.get().runtime.output_dir
+    OmegaConf.resolve(cfg)
+    metrics = train(cfg)
     if metrics:
         log.info(
             "done: step %s, val loss first %.4f → last %.4f (best %.4f); checkpoints in %s/checkpoints",

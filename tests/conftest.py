@@ -10,7 +10,8 @@ import torch
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
 
-from luna.config import CONF_DIR, ROOT
+from luna.config import CONF_DIR
+from tests.paths import ROOT
 
 SYNTHETIC_MINI = ROOT / "tests" / "fixtures" / "synthetic_mini"
 

@@ -17,7 +17,8 @@ import pytest
 import torch
 
 from benchmarks import gpu_check
-from luna.config import CONF_DIR, ROOT
+from luna.config import CONF_DIR
+from tests.paths import ROOT
 
 
 def _run(tmp_path: Path, device: str, timeout: int) -> dict:

@@ -5,7 +5,7 @@ import json
 import subprocess
 import sys
 
-from luna.config import ROOT
+from tests.paths import ROOT
 
 
 def test_quality_arm_trains_evaluates_and_records(tmp_path):

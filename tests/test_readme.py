@@ -6,7 +6,7 @@ import subprocess
 import sys
 
 from luna import SpeechTokenizer
-from luna.config import ROOT
+from tests.paths import ROOT
 from tests.conftest import compose_train
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from luna import doctor
-from luna.config import ROOT
+from tests.paths import ROOT
 
 
 def test_every_compiled_component_works():

@@ -22,7 +22,7 @@ from typing import Dict, List, Optional
 import pytest
 from omegaconf import OmegaConf
 
-from luna.config import ROOT
+from tests.paths import ROOT
 from luna.training import preemption
 from tests.training.helpers import TINY, load, metrics
 

@@ -18,10 +18,11 @@ import torch
 from hydra import compose, initialize_config_dir
 
 import luna.config
+from tests.paths import ROOT
 import luna.tokens
 from luna.audio import load
 
-SYNTHETIC_MINI = luna.config.ROOT / "tests" / "fixtures" / "synthetic_mini"
+SYNTHETIC_MINI = ROOT / "tests" / "fixtures" / "synthetic_mini"
 TRAIN_MINI = SYNTHETIC_MINI / "train-mini"
 SHARD_SIZE = 8  # 80 files -> 10 shards: room to kill an export between its first and last shard
 ROW_KEYS = {"id", "source_path", "duration", "shard", "offset", "frames"}

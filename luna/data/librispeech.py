@@ -22,6 +22,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any, Dict, Iterator, Optional
 
 from tqdm import tqdm
+from luna.errors import DataError  # noqa: F401 - raised here, importable from here
 
 log = logging.getLogger("luna.data")
 
@@ -29,9 +30,6 @@ log = logging.getLogger("luna.data")
 ARCHIVE_PREFIX = "LibriSpeech"
 CHUNK = 1 << 20
 
-
-class DataError(RuntimeError):
-    """Data that is missing, corrupt or cannot be fetched; the message says what and where."""
 
 
 def resolve_root(data_cfg: Any) -> Path:

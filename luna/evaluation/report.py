@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from luna.errors import EvalError  # noqa: F401 - raised here, importable from here
 from luna import audio as laudio
 from luna.config import ConfigError
 from luna.data import BUNDLED
@@ -56,9 +57,6 @@ PIPELINE_METRICS = (
     ("pesq_wb", "ceiling_pesq_wb", "PESQ-WB"),
 )
 
-
-class EvalError(RuntimeError):
-    """A user-facing failure (bad input, checkpoint or config); ``str()`` is one line naming the culprit."""
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -29,7 +29,7 @@ from torch import nn
 from torch.nn.utils import parametrize
 from torch.nn.utils.parametrizations import spectral_norm, weight_norm
 
-from luna.config import ROOT, ConfigError, MelConfig, validate_mel
+from luna.config import ConfigError, MelConfig, validate_mel
 from luna.features import mel_config, mel_mismatches
 from luna.models.gan_losses import discriminator_loss, feature_loss, generator_loss
 from luna.pretrained import PretrainedError, universal_hifigan_files
@@ -741,12 +741,8 @@ def _as_dict(cfg: Any) -> Dict[str, Any]:
 
 
 def _resolve_path(path: str) -> Path:
-    """A path as given (relative to the working directory), else relative to the repository root."""
-    p = Path(path).expanduser()
-    if p.exists() or p.is_absolute():
-        return p
-    alt = ROOT / p
-    return alt if alt.exists() else p
+    """A path as given: absolute, or relative to the working directory."""
+    return Path(path).expanduser()
 
 
 def _generator_weights(ckpt: Any, path: Path) -> Dict[str, torch.Tensor]:

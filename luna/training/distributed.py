@@ -14,6 +14,8 @@ from typing import Any, Callable
 import torch
 import torch.distributed as dist
 
+from luna.devices import resolve_device
+
 log = logging.getLogger("luna.distributed")
 
 SPAWN_STORE = "LUNA_SPAWN_STORE"  # file:// rendezvous of in-process spawned ranks
@@ -37,9 +39,7 @@ class DistEnv:
 
 
 def want_cuda(device: str) -> bool:
-    if device == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("hardware.device=cuda but no CUDA device is available (use hardware=cpu or hardware.device=auto)")
-    return device == "cuda" or (device == "auto" and torch.cuda.is_available())
+    return resolve_device(device, "hardware.device").type == "cuda"
 
 
 def launch_mode(gpus: int) -> str:

@@ -20,11 +20,12 @@ from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
 import luna.config
+from tests.paths import ROOT
 from luna import report as report_cli
 from luna.audio import load, resample
 from luna.evaluation.report import EvalError, run_evaluation
 
-SPEECH = luna.config.ROOT / "tests" / "fixtures" / "synthetic_mini" / "dev-mini" / "109" / "1010" / "109-1010-0001.flac"
+SPEECH = ROOT / "tests" / "fixtures" / "synthetic_mini" / "dev-mini" / "109" / "1010" / "109-1010-0001.flac"
 
 REPORT_KEYS = {
     "mse": float, "mae": float, "peak_original": float, "peak_reconstructed": float, "mel_l1": float,

@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from luna.audio import load, resample
-from luna.config import ROOT, MelConfig
+from luna.config import MelConfig
+from tests.paths import ROOT
 from luna.evaluation import metrics as M
 from luna.features import MelSpectrogram
 

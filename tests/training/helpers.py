@@ -12,7 +12,7 @@ from typing import Dict, List
 
 import torch
 
-from luna.config import ROOT
+from tests.paths import ROOT
 
 TINY = [
     "model=tiny", "vocoder=griffinlim",

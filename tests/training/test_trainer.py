@@ -110,7 +110,8 @@ def _in_process_cfg(tmp_path, overrides):
 
 def test_nan_losses_are_skipped_then_the_run_stops_with_a_clear_message(tmp_path, monkeypatch, caplog):
     from luna.models.tokenizer import SpeechTokenizer
-    from luna.training.trainer import TrainingError, train
+    from luna.errors import TrainingError
+    from luna.training.launch import train
 
     real = SpeechTokenizer.forward_mel
     calls = {"n": 0, "poison": {3, 4}}
@@ -161,7 +162,8 @@ def test_codebook_alarm_fires_on_a_forced_collapse(tmp_path, monkeypatch, caplog
     grace period is over (here max(warmup 2, revival grace 20, EMA horizon 1/(1-0.9)) = 20 steps), the alarm
     fires, one warning line per window, the tracker flag at every logged step."""
     from luna.models.codec import Encoder
-    from luna.training.trainer import alarm_grace_steps, train
+    from luna.training.launch import train
+    from luna.training.trainer import alarm_grace_steps
 
     real = Encoder.forward
     monkeypatch.setattr(Encoder, "forward", lambda self, mel: real(self, mel) * 0 + 1.0)
@@ -181,7 +183,8 @@ def test_codebook_alarm_fires_on_a_forced_collapse(tmp_path, monkeypatch, caplog
 def test_codebook_alarm_stays_silent_while_usage_rises_on_real_speech(tmp_path, caplog):
     """4 x 1024 codes on the bundled corpus: after k-means the deeper stages use 0.4% of their codes and
     fill up over the next hundreds of steps. The old rule (usage below 5%) warned at every logged step."""
-    from luna.training.trainer import alarm_grace_steps, train
+    from luna.training.launch import train
+    from luna.training.trainer import alarm_grace_steps
 
     caplog.set_level(logging.WARNING, logger="luna.trainer")
     cfg = _in_process_cfg(tmp_path, ["trainer.max_steps=60", "model.codebook_size=1024", "model.num_quantizers=4",

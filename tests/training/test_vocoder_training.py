@@ -12,7 +12,8 @@ import pytest
 import torch
 
 from luna import audio
-from luna.config import ROOT, ConfigError, MelConfig, validate
+from luna.config import ConfigError, MelConfig, validate
+from tests.paths import ROOT
 from luna.features import MelSpectrogram
 from luna.models.tokenizer import SpeechTokenizer
 from luna.models.vocoder import HIFIGAN_PRESETS, generator_for_training
