@@ -1,5 +1,5 @@
 """luna: train speech tokenizers (mel-RVQ neural codecs) with Hydra, plain PyTorch DDP and SLURM sweeps."""
-__version__ = "0.1.0"
+from luna.version import __version__  # noqa: F401
 
 
 def __getattr__(name):  # lazy, so `import luna` stays light and free of cycles

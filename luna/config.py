@@ -56,6 +56,19 @@ def mel_mismatches(a: Any, b: Any) -> List[Tuple[str, Any, Any]]:
     return [(f.name, a[f.name], b[f.name]) for f in fields(MelConfig) if a[f.name] != b[f.name]]
 
 
+def check_mel_compatible(tokenizer_mel: Any, vocoder_mel: Any) -> None:
+    """Raise one :class:`ConfigError` naming every mel field where tokenizer and vocoder differ."""
+    diffs = mel_mismatches(tokenizer_mel, vocoder_mel)
+    if diffs:
+        listed = "; ".join(f"{name}: tokenizer {a!r} vs vocoder {b!r}" for name, a, b in diffs)
+        raise ConfigError(
+            f"vocoder.mel: the vocoder's mel convention differs from the tokenizer's (model.mel) in "
+            f"{len(diffs)} field(s): {listed}. Use a vocoder trained on the tokenizer's mel "
+            f"(vocoder=griffinlim always matches), or a tokenizer preset with the vocoder's convention "
+            f"(e.g. model=rvq8 for vocoder=hifigan_universal)."
+        )
+
+
 @dataclass
 class LossConfig:
     mel_l1: float = 1.0

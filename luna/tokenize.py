@@ -38,7 +38,7 @@ import numpy as np
 from hydra.utils import to_absolute_path
 from omegaconf import DictConfig, OmegaConf
 
-from luna import __version__
+from luna.version import __version__
 from luna.cli import entry_point
 from luna.config import CONF_DIR, ConfigError
 from luna.errors import TokensError

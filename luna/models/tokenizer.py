@@ -16,9 +16,9 @@ import torch.nn.functional as F
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
-from luna import __version__
+from luna.version import __version__
 from luna.audio import resample, to_mono
-from luna.config import ConfigError, MelConfig, ModelConfig, VocoderConfig, validate_mel, validate_model
+from luna.config import ConfigError, MelConfig, check_mel_compatible, ModelConfig, VocoderConfig, validate_mel, validate_model
 from luna.features import MelSpectrogram, mel_mismatches
 from luna.models.codec import Decoder, Encoder
 from luna.models.quantizer import ResidualVectorQuantizer
@@ -64,14 +64,6 @@ def _vocoder_node(cfg: Any, model: DictConfig) -> DictConfig:
     return node
 
 
-def check_mel_pair(model_mel: Any, vocoder_mel: Any) -> None:
-    """A tokenizer and vocoder must share one mel convention; one error lists every differing field."""
-    diff = mel_mismatches(model_mel, vocoder_mel)
-    if diff:
-        fields_ = "; ".join(f"{k}: tokenizer={a!r} vocoder={b!r}" for k, a, b in diff)
-        raise ConfigError(f"vocoder.mel: the vocoder's mel convention differs from the tokenizer's ({fields_})")
-
-
 class SpeechTokenizer(nn.Module):
     """Mel-RVQ speech tokenizer. ``tokenize`` → ``LongTensor [B, N, T]``; ``detokenize`` → audio at model rate."""
 
@@ -79,7 +71,7 @@ class SpeechTokenizer(nn.Module):
         super().__init__()
         model_cfg = _model_node(model if model is not None else ModelConfig())
         vocoder_cfg = _vocoder_node(vocoder, model_cfg)
-        check_mel_pair(model_cfg.mel, vocoder_cfg.mel)
+        check_mel_compatible(model_cfg.mel, vocoder_cfg.mel)
         self.config = model_cfg
         self.vocoder_config = vocoder_cfg
         m = model_cfg
@@ -324,7 +316,7 @@ class SpeechTokenizer(nn.Module):
     def set_vocoder(self, vocoder: nn.Module) -> None:
         """Use ``vocoder`` (``.mel`` must match the tokenizer's convention) for ``detokenize``."""
         if getattr(vocoder, "mel", None) is not None:
-            check_mel_pair(self.config.mel, vocoder.mel)
+            check_mel_compatible(self.config.mel, vocoder.mel)
         object.__setattr__(self, "_vocoder", vocoder.to(self.device).eval())
 
     @torch.no_grad()

@@ -29,8 +29,8 @@ from torch import nn
 from torch.nn.utils import parametrize
 from torch.nn.utils.parametrizations import spectral_norm, weight_norm
 
-from luna.config import ConfigError, MelConfig, validate_mel
-from luna.features import mel_config, mel_mismatches
+from luna.config import ConfigError, check_mel_compatible, MelConfig, validate_mel
+from luna.features import mel_config
 from luna.models.gan_losses import discriminator_loss, feature_loss, generator_loss
 from luna.pretrained import PretrainedError, universal_hifigan_files
 
@@ -611,19 +611,6 @@ def generator_for_training(init: Optional[str], h: Mapping[str, Any], num_mels: 
 
 
 # ------------------------------------------------------------------------------------------ vocoders
-
-
-def check_mel_compatible(tokenizer_mel: Any, vocoder_mel: Any) -> None:
-    """Raise one :class:`ConfigError` naming every mel field where tokenizer and vocoder differ."""
-    diffs = mel_mismatches(tokenizer_mel, vocoder_mel)
-    if diffs:
-        fields = "; ".join(f"{name}: tokenizer {a!r} vs vocoder {b!r}" for name, a, b in diffs)
-        raise ConfigError(
-            f"vocoder.mel: the vocoder's mel convention differs from the tokenizer's (model.mel) in "
-            f"{len(diffs)} field(s): {fields}. Use a vocoder trained on the tokenizer's mel "
-            f"(vocoder=griffinlim always matches), or a tokenizer preset with the vocoder's convention "
-            f"(e.g. model=rvq8 for vocoder=hifigan_universal)."
-        )
 
 
 class Vocoder(nn.Module):

@@ -25,7 +25,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm import tqdm
 
 from luna.errors import TrainingError  # noqa: F401 - raised here, importable from here
-from luna import __version__
+from luna.version import __version__
 from luna.config import ConfigError, to_container
 from luna.data import SKIPPED_FILE, build_datasets, make_loader, prepare, write_skipped
 from luna.models.tokenizer import SpeechTokenizer
