@@ -18,7 +18,7 @@ Five sections, each in its own process under a time cap, so a crash, a hang or a
 - vocoder: steps/s of ``experiment=vocoder`` and ``experiment=vocoder_finetune`` (when that preset exists);
 - rtf: tokenize / detokenize real-time factor at batch 1 and 64.
 
-Everything runs through luna's own code: the :class:`~luna.training.trainer.Trainer` (a small mixin,
+Everything runs through luna's own code: the :class:`~luna.training.loop.Loop` (a small mixin,
 :class:`Probe`, only records losses, timings and CUDA events around the trainer's own step), configs composed
 exactly as ``python -m luna.train`` composes them, ``run_evaluation`` and ``SpeechTokenizer``.
 """
@@ -170,7 +170,7 @@ def _median(xs: Sequence[float]) -> Optional[float]:
 
 
 # =====================================================================================================
-# running luna's Trainer with a probe
+# running luna's training loop with a probe
 # =====================================================================================================
 class _Stop(Exception):
     """Raised right after last.pt is written at ``stop_at``: what a kill at that moment leaves behind."""
@@ -198,7 +198,7 @@ class _TimedLoader:
 
 
 class Probe:
-    """Mixed in front of a luna trainer class. Records each step's loss (kept on the device: no extra host
+    """Mixed in front of luna's training loop. Records each step's loss (kept on the device: no extra host
     sync), host times, CUDA events around the step and the quantizer's output dtypes; never changes the math.
 
     ``stop_at``: raise :class:`_Stop` right after ``last.pt`` of that step is saved. ``save=False``: write no
@@ -213,10 +213,24 @@ class Probe:
         self.p_events: List[Any] = []
         self.p_scale: List[float] = []
         self.p_dtypes: Dict[str, set] = {"quantizer": set(), "mel": set()}
+        self._p_t, self._p_ev = 0.0, None
         super().__init__(cfg, env)  # type: ignore[call-arg]
         if self.scaler.is_enabled():
             self.p_scale.append(self.scaler.get_scale())  # the initial scale (2^16 unless resumed)
-        model = self.model
+        model = self.task.model
+        task_losses = self.task.losses
+
+        def timed_losses(audio, lengths):  # the step's start: after its batch was fetched
+            import torch
+
+            self._p_t = time.perf_counter()
+            self._p_ev = None
+            if self.device.type == "cuda":
+                self._p_ev = torch.cuda.Event(enable_timing=True)
+                self._p_ev.record()
+            return task_losses(audio, lengths)
+
+        self.task.losses = timed_losses
         if hasattr(model, "quantizer"):
             model.quantizer.register_forward_hook(lambda m, i, o: self._dtypes("quantizer", o))
             model.mel.register_forward_hook(lambda m, i, o: self._dtypes("mel", o))
@@ -225,26 +239,15 @@ class Probe:
         values = [getattr(out, f.name) for f in dataclasses.fields(out)] if dataclasses.is_dataclass(out) else [out]
         self.p_dtypes[where] |= {str(v.dtype).replace("torch.", "") for v in values if v.is_floating_point()}
 
-    def _loader(self, epoch: int, start_batch: int, train: bool = True):
-        loader = super()._loader(epoch, start_batch, train)  # type: ignore[misc]
+    def loader(self, epoch: int, start_batch: int, train: bool = True):
+        loader = super().loader(epoch, start_batch, train)  # type: ignore[misc]
         return _TimedLoader(loader, self.p_wait) if train else loader
 
-    def train_micro_step(self, audio, lengths, no_sync):
+    def optimizer_step(self, lr, loss):
         import torch
 
-        self._p_t = time.perf_counter()
-        self._p_ev = None
-        if self.device.type == "cuda":
-            self._p_ev = torch.cuda.Event(enable_timing=True)
-            self._p_ev.record()
-        terms = super().train_micro_step(audio, lengths, no_sync)  # type: ignore[misc]
-        self.p_loss.append(terms["loss"])
-        return terms
-
-    def optimizer_step(self, lr, last):
-        import torch
-
-        out = super().optimizer_step(lr, last)  # type: ignore[misc]
+        self.p_loss.append(loss)
+        out = super().optimizer_step(lr, loss)  # type: ignore[misc]
         if self._p_ev is not None:
             end = torch.cuda.Event(enable_timing=True)
             end.record()
@@ -256,9 +259,9 @@ class Probe:
             self.p_scale.append(self.scaler.get_scale())  # fp16 only (correctness runs): a host sync there
         return out
 
-    def _save(self, name: str) -> None:
+    def save(self, name: str) -> None:
         if self.save_checkpoints:
-            super()._save(name)  # type: ignore[misc]
+            super().save(name)  # type: ignore[misc]
         if self.stop_at is not None and name == "last.pt" and self.step == self.stop_at:
             raise _Stop()
 
@@ -306,7 +309,7 @@ def base_overrides(sec: Section) -> List[str]:
     bar, no per-epoch checkpoint files."""
     hw = sec.args.hardware or ("h200" if sec.cuda else "cpu")
     out = [*sec.plan["model"], f"hardware={hw}", "logger=none", "logger.audio_samples=0", "trainer.progress=false",
-           "checkpoint.every_epochs=0"]
+           "checkpointing.every_epochs=0"]
     if not sec.cuda:
         out += ["hardware.device=cpu", "hardware.threads=1", "data.num_workers=0"]
     return out
@@ -321,7 +324,7 @@ def make_trainer(sec: Section, run: str, overrides: Sequence[str], base: Optiona
 
     from luna.config import validate
     from luna.training import distributed
-    from luna.training.trainer import Trainer
+    from luna.training.loop import Loop
 
     cfg = compose([*(base_overrides(sec) if base is None else base), *overrides])
     validate(cfg)
@@ -331,12 +334,7 @@ def make_trainer(sec: Section, run: str, overrides: Sequence[str], base: Optiona
     if cfg.hardware.threads:
         torch.set_num_threads(int(cfg.hardware.threads))
     env = distributed.init("single", cfg.hardware.device)
-    base = Trainer
-    if cfg.task == "vocoder":
-        from luna.training.vocoder_trainer import VocoderTrainer
-
-        base = VocoderTrainer
-    cls = type(f"Probed{base.__name__}", (Probe, base), {})
+    cls = type("ProbedLoop", (Probe, Loop), {})
     return cls(cfg, env, **probe)
 
 
@@ -356,7 +354,7 @@ def section_correctness(sec: Section) -> None:
     p = sec.plan["correctness"]
     n, half = p["steps"], p["steps"] // 2
     common = [f"data.batch_size={p['batch']}", f"optimizer.lr={p['lr']}", f"optimizer.warmup_steps={p['warmup']}",
-              f"trainer.max_steps={n}", f"checkpoint.every_steps={half}", f"data.crops_per_file={p['crops']}",
+              f"trainer.max_steps={n}", f"checkpointing.every_steps={half}", f"data.crops_per_file={p['crops']}",
               "data.num_workers=0"]  # loading in this process: no worker start-up, nothing shared-memory can break
     losses: Dict[str, List[float]] = {}
 

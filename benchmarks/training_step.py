@@ -57,12 +57,14 @@ def measure(
     the real DataLoader with that many workers, and ``wait_s`` holds the time each step waited for its
     batch (the rest of ``step_s`` is compute). Returns per-step ``step_s`` and ``wait_s`` lists.
     """
+    from luna.losses import MelLoss
     from luna.models.tokenizer import SpeechTokenizer
 
     torch.manual_seed(cfg.seed)
     batch = batch or int(cfg.hardware.batch_size)
     segment_seconds = segment_seconds or float(cfg.data.segment_seconds)
     model = SpeechTokenizer.from_config(cfg).to(device).train()
+    objective = MelLoss(cfg.loss, model.config.mel.hop_length)
     o = cfg.optimizer
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=o.lr * cfg.hardware.lr_scale, betas=tuple(o.betas),
@@ -88,8 +90,8 @@ def measure(
         audio = next(source).to(device, non_blocking=True)
         t1 = time.perf_counter()
         with autocast():
-            out = model(audio)
-        out.loss.backward()
+            loss, _ = objective(model(audio))
+        loss.backward()
         torch.nn.utils.clip_grad_norm_(params, float(cfg.trainer.grad_clip))
         opt.step()
         opt.zero_grad(set_to_none=True)
@@ -98,7 +100,7 @@ def measure(
         if i >= warmup:
             step_s.append(t2 - t0)
             wait_s.append(t1 - t0)
-    if not torch.isfinite(out.loss.detach()).item():
+    if not torch.isfinite(loss.detach()).item():
         raise RuntimeError(f"non-finite loss while timing {cfg.model.name}")
     return {"step_s": step_s, "wait_s": wait_s, "batch": batch, "segment_seconds": segment_seconds,
             "sample_rate": sr}

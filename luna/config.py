@@ -6,7 +6,8 @@ type fails when Hydra composes the config. Cross-field rules that a type cannot 
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, fields
+import math
+from dataclasses import asdict, dataclass, field, fields, is_dataclass
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
@@ -93,7 +94,46 @@ class ModelConfig:
     revival_grace_steps: int = 200  # a revived code is not judged dead again before this many steps
     revival: str = "random"  # what a dead code is revived from: random | worst (vectors of the batch)
     quantizer_dropout: float = 0.5  # fraction of samples trained with a random 1..N quantizers
-    loss: LossConfig = field(default_factory=LossConfig)
+
+
+#: keys older checkpoints stored in their model config that now live elsewhere (``model.loss`` → ``loss``)
+LEGACY_MODEL_KEYS = ("loss",)
+
+
+@dataclass(frozen=True)
+class Rate:
+    """The token clock of a model: the one place samples per token, tokens/s and bits/s are derived."""
+
+    sample_rate: int
+    samples_per_token: int  # mel hop × encoder stride
+    num_quantizers: int
+    codebook_size: int
+
+    @property
+    def tokens_per_second(self) -> float:
+        return self.sample_rate / self.samples_per_token
+
+    @property
+    def bits_per_token(self) -> float:
+        """Bits of one frame of codes at ``num_quantizers`` streams: N × log2(K)."""
+        return self.num_quantizers * math.log2(self.codebook_size)
+
+    @property
+    def bitrate(self) -> float:
+        """Bits per second at all quantizers: tokens/s × N × log2(K)."""
+        return self.tokens_per_second * self.bits_per_token
+
+    def at(self, num_quantizers: int) -> "Rate":
+        """The same clock with the first ``num_quantizers`` streams."""
+        return Rate(self.sample_rate, self.samples_per_token, int(num_quantizers), self.codebook_size)
+
+
+def model_rate(model: Any) -> Rate:
+    """The :class:`Rate` of a model config (dataclass, DictConfig or dict)."""
+    m = plain(model)
+    mel = m["mel"]
+    return Rate(int(mel["sample_rate"]), int(mel["hop_length"]) * int(m["encoder_stride"]), int(m["num_quantizers"]),
+                int(m["codebook_size"]))
 
 
 @dataclass
@@ -195,7 +235,7 @@ class TrainerConfig:
 
 
 @dataclass
-class CheckpointConfig:
+class CheckpointingConfig:
     every_epochs: int = 1
     every_steps: int = 0  # 0: only at epoch ends
     keep_last: int = 3
@@ -210,12 +250,49 @@ class TrainConfig:
     hardware: HardwareConfig = field(default_factory=HardwareConfig)
     vocoder: VocoderConfig = field(default_factory=VocoderConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
-    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    checkpointing: CheckpointingConfig = field(default_factory=CheckpointingConfig)
+    loss: LossConfig = field(default_factory=LossConfig)  # the tokenizer's objective (luna/losses.py)
     task: str = "tokenizer"  # tokenizer | vocoder
     seed: int = 1234
     resume: str = "auto"  # auto | none | PATH
     output_dir: Optional[str] = None  # null: Hydra's run dir
     eval_after: bool = False
+
+
+@dataclass
+class EvalSettings:
+    max_files: Optional[int] = None  # null: every file under test_dir
+    save_wavs: int = 4  # write original + reconstruction WAVs of the first N files
+    quantizer_sweep: bool = False  # also decode with 1..N quantizers (meaningful with quantizer dropout only)
+    rtf_repeats: int = 5  # timed repeats per stage after one warm-up; the median is reported
+    rtf_max_seconds: float = 10.0  # RTF is measured on the longest clip, cropped to this
+
+
+@dataclass
+class EvalConfig:
+    """``python -m luna.eval``: the model comes from ``checkpoint`` and is merged in as ``model`` at run time."""
+
+    checkpoint: str = MISSING  # a tokenizer or trainer checkpoint file (.pt)
+    input: Optional[str] = None  # one audio file
+    test_dir: Optional[str] = None  # or a directory, searched recursively
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    seed: int = 0
+    vocoder: VocoderConfig = field(default_factory=VocoderConfig)
+    model: Optional[Dict[str, Any]] = None  # filled from the checkpoint
+    eval: EvalSettings = field(default_factory=EvalSettings)
+
+
+@dataclass
+class TokenizeConfig:
+    """``python -m luna.tokenize``: a corpus as token shards."""
+
+    checkpoint: str = MISSING  # a tokenizer or trainer checkpoint file (.pt)
+    output_dir: str = MISSING  # shards/, manifest.jsonl, failed.jsonl, codec.json
+    subsets: Optional[List[str]] = None  # null: data.subsets + data.val_subsets
+    shard_size: int = 256  # utterances per shard
+    device: str = "auto"  # auto | cpu | cuda
+    num_quantizers: Optional[int] = None  # null: all of the checkpoint's
+    data: DataConfig = field(default_factory=DataConfig)
 
 
 GROUPS = {
@@ -234,6 +311,8 @@ def register_configs() -> None:
     for group, node in GROUPS.items():
         cs.store(group=group, name="base", node=node)
     cs.store(name="train_schema", node=TrainConfig)
+    cs.store(name="eval_schema", node=EvalConfig)
+    cs.store(name="tokenize_schema", node=TokenizeConfig)
 
 
 register_configs()
@@ -320,7 +399,6 @@ MODEL_RULES = {
     "revival_grace_steps": (">=", 0),
     "revival": ("in", ("worst", "random")),
     "quantizer_dropout": ("range", 0, 1, False, False),
-    **{f"loss.{k}": (">=", 0) for k in ("mel_l1", "mel_mse", "commitment", "multiscale_mel")},
 }
 
 TRAIN_RULES = {
@@ -351,6 +429,10 @@ TRAIN_RULES = {
     "vocoder.tokenizer_checkpoint": ("file", ()),
     "task": ("in", ("tokenizer", "vocoder")),
     "resume": ("file", ("auto", "none")),
+    **{f"loss.{k}": (">=", 0) for k in ("mel_l1", "mel_mse", "commitment", "multiscale_mel")},
+    **{f"checkpointing.{k}": (">=", lo) for k, lo in (("every_epochs", 0), ("every_steps", 0), ("keep_last", 1))},
+    "shard_size": (">=", 1),
+    "num_quantizers": (">=", 1),
 }
 
 #: vocoder keys that only task=vocoder reads, and what each is for (a value elsewhere would be ignored silently)
@@ -358,9 +440,6 @@ VOCODER_TRAINING_KEYS = {
     "init": "where the trained generator starts",
     "tokenizer_checkpoint": "the tokenizer whose decoded mels the generator learns from",
 }
-
-CHECKPOINT_RULES = {"every_epochs": (">=", 0), "every_steps": (">=", 0), "keep_last": (">=", 1)}
-
 
 def validate_model(model: Any, prefix: str = "model") -> None:
     validate_mel(model.mel, f"{prefix}.mel")
@@ -370,14 +449,20 @@ def validate_model(model: Any, prefix: str = "model") -> None:
 
 
 def validate(cfg: DictConfig) -> None:
-    """Cross-field checks on a composed train/eval config; raises :class:`ConfigError` naming the key."""
+    """Cross-field checks on any composed entry config (train, eval, tokenize, serve); raises :class:`ConfigError`
+    naming the key. Every entry point calls it before building anything."""
     if "model" in cfg:
         validate_model(cfg.model)
     if cfg.get("vocoder") is not None:
         validate_mel(cfg.vocoder.mel, "vocoder.mel")
     _check(cfg, "", TRAIN_RULES)
-    if isinstance(cfg.get("checkpoint"), DictConfig):  # the trainer's group (eval's `checkpoint` is a path)
-        _check(cfg.checkpoint, "checkpoint", CHECKPOINT_RULES)
+    if isinstance(cfg.get("checkpoint"), str):  # eval, tokenize, serve: the checkpoint file
+        if not Path(cfg.checkpoint).expanduser().is_file():
+            _fail("checkpoint", f"no such checkpoint file: {cfg.checkpoint}")
+    if cfg.get("device") is not None:
+        from luna.devices import resolve_device  # torch: only the entry points that have a device key
+
+        resolve_device(cfg.device, "device")
     if "data" in cfg and "model" in cfg:
         m = cfg.model
         token_seconds = m.mel.hop_length * m.encoder_stride / m.mel.sample_rate
@@ -426,8 +511,25 @@ def validate_vocoder_training(v: Any, task: Optional[str]) -> None:
                   "follows model.mel: use model=rvq8 or a preset on its convention); differs in " + "; ".join(diffs))
 
 
-def to_container(cfg: Any) -> Dict[str, Any]:
-    """Resolved plain-dict copy of a config (what checkpoints and trackers store)."""
+def plain(cfg: Any) -> Dict[str, Any]:
+    """The one config normaliser: a DictConfig, dataclass or mapping as a resolved plain dict (what checkpoints,
+    trackers and ``codec.json`` store, and what :func:`typed` merges)."""
     if isinstance(cfg, DictConfig):
         return OmegaConf.to_container(cfg, resolve=True, throw_on_missing=False)  # type: ignore[return-value]
+    if is_dataclass(cfg) and not isinstance(cfg, type):
+        return asdict(cfg)
     return dict(cfg)
+
+
+to_container = plain  # the name the trainer has always used
+
+
+def typed(schema: type, cfg: Any) -> DictConfig:
+    """``cfg`` (any form :func:`plain` takes) merged onto ``schema``'s defaults: unknown keys and wrong types fail."""
+    data = plain(cfg)
+    if schema is ModelConfig:
+        data = {k: v for k, v in data.items() if k not in LEGACY_MODEL_KEYS}
+    try:
+        return OmegaConf.merge(OmegaConf.structured(schema), data)
+    except Exception as e:  # omegaconf's ValidationError / ConfigKeyError: one line naming the key
+        raise ConfigError(" ".join(str(e).split("\n")[0].split())) from None

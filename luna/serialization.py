@@ -1,6 +1,8 @@
 """Checkpoint files: atomic writes and pickle-free loading (``torch.load(weights_only=True)``)."""
 from __future__ import annotations
 
+import json
+import math
 import os
 import pickle
 import tempfile
@@ -9,12 +11,12 @@ from pathlib import Path
 from typing import Any, BinaryIO, Callable, Union
 
 import torch
+
 from luna.errors import CheckpointError  # noqa: F401 - raised here, importable from here
 
 
 _UMASK = os.umask(0)
 os.umask(_UMASK)
-
 
 
 def atomic_write(path: Union[str, Path], data: Union[bytes, Callable[[BinaryIO], Any]]) -> None:
@@ -46,6 +48,27 @@ def atomic_write(path: Union[str, Path], data: Union[bytes, Callable[[BinaryIO],
 def atomic_save(obj: Any, path: Union[str, Path]) -> None:
     """``torch.save`` through :func:`atomic_write`."""
     atomic_write(path, lambda f: torch.save(obj, f))
+
+
+def _finite(x: Any) -> Any:
+    """JSON-ready: tensors and numpy scalars as numbers or lists, non-finite floats as null, recursively."""
+    if isinstance(x, dict):
+        return {str(k): _finite(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_finite(v) for v in x]
+    if isinstance(x, torch.Tensor):
+        x = x.item() if x.numel() == 1 else x.tolist()
+    elif hasattr(x, "item") and type(x).__module__ == "numpy":
+        x = x.item()
+    if isinstance(x, float) and not math.isfinite(x):
+        return None
+    return x
+
+
+def write_json(obj: Any, path: Union[str, Path]) -> Path:
+    """``obj`` as indented JSON (non-finite floats as null), through :func:`atomic_write`."""
+    atomic_write(path, (json.dumps(_finite(obj), indent=2, allow_nan=False) + "\n").encode())
+    return Path(path)
 
 
 def safe_load(path: Union[str, Path], map_location: Any = "cpu") -> Any:

@@ -63,7 +63,7 @@ def test_default_is_rvq8_on_real_speech():
         ("hardware.gpus=0", "hardware.gpus"),
         ("trainer.accumulate=0", "trainer.accumulate"),
         ("trainer.max_steps=0", "trainer.max_steps"),
-        ("checkpoint.keep_last=0", "checkpoint.keep_last"),
+        ("checkpointing.keep_last=0", "checkpointing.keep_last"),
         ("resume=/does/not/exist.pt", "resume"),
         ("task=dance", "task"),
         ("logger.wandb.mode=sometimes", "logger.wandb.mode"),

@@ -291,7 +291,7 @@ def _interrupted_run(sweep_dir, overrides, at_step, command):
 @pytest.mark.slurm
 def test_scontrol_requeue_resumes_from_last_checkpoint(slurm, tmp_path):
     steps = 400
-    run, log = _interrupted_run(tmp_path / "requeue", [f"trainer.max_steps={steps}", "checkpoint.every_steps=1"],
+    run, log = _interrupted_run(tmp_path / "requeue", [f"trainer.max_steps={steps}", "checkpointing.every_steps=1"],
                                 10, ["scontrol", "requeue"])
     saved = [int(s) for s in re.findall(r"received SIGTERM: last\.pt holds step (\d+)", log)]
     resumed = [int(s) for s in re.findall(r"resumed from \S+/last\.pt at step (\d+)", log)]
@@ -307,7 +307,7 @@ def test_timeout_signal_saves_at_the_next_step_and_submitit_requeues(slurm, tmp_
     # resumed from can only come from the save the signal triggered; the wandb run must stay the same
     steps = 200
     # signalled after two epochs (9 steps each): training is well under way
-    run, log = _interrupted_run(tmp_path / "timeout", [f"trainer.max_steps={steps}", "checkpoint.every_steps=0",
+    run, log = _interrupted_run(tmp_path / "timeout", [f"trainer.max_steps={steps}", "checkpointing.every_steps=0",
                                 "logger=wandb"], 18, ["scancel", "--signal=USR2"])
     saved = re.findall(r"received SIGUSR2: last\.pt holds step (\d+)", log)
     resumed = re.findall(r"resumed from \S+/last\.pt at step (\d+)", log)

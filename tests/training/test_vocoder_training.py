@@ -17,7 +17,7 @@ from tests.paths import ROOT
 from luna.features import MelSpectrogram
 from luna.models.tokenizer import SpeechTokenizer
 from luna.models.vocoder import HIFIGAN_PRESETS, generator_for_training
-from luna.training.vocoder_trainer import load_frozen_tokenizer
+from luna.training.tasks.vocoder import load_frozen_tokenizer
 from tests.conftest import compose_train
 from tests.training.helpers import assert_same_tensors, kill_at_step, load, metrics, run_train
 
@@ -48,7 +48,7 @@ def assert_same_gan(a: dict, b: dict) -> None:
 
 
 def test_gan_resume_after_sigkill_is_bit_identical(tmp_path):
-    common = GAN + ["trainer.max_steps=8", "checkpoint.every_steps=1"]
+    common = GAN + ["trainer.max_steps=8", "checkpointing.every_steps=1"]
     ref, cut = tmp_path / "ref", tmp_path / "cut"
     run_train(ref, common)
     assert kill_at_step(cut, common, 4) < 8
@@ -128,7 +128,7 @@ def test_finetune_from_universal_resumes_exactly_and_serves_eval(tmp_path, unive
     common = FINETUNE + [f"vocoder.tokenizer_checkpoint={universal_tokenizer}", "trainer.max_steps=3"]
     ref, cut = tmp_path / "ref", tmp_path / "cut"
     run_train(ref, common)  # saves only at the end: 181 MB per checkpoint (generator, discriminators, optimizers)
-    assert kill_at_step(cut, common + ["checkpoint.every_steps=1"], 1) < 3
+    assert kill_at_step(cut, common + ["checkpointing.every_steps=1"], 1) < 3
     run_train(cut, common)
     a, b = load(ref / "checkpoints" / "last.pt"), load(cut / "checkpoints" / "last.pt")
     assert a["step"] == b["step"] == 3
