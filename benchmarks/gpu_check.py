@@ -889,7 +889,7 @@ def fp16_universal_vocoder() -> str:
     """UNIVERSAL_V1 in the official format with fp16 tensors (half the size; loads into fp32 parameters)."""
     import torch
 
-    from luna.models.vocoder import load_official_hifigan
+    from luna.models.hifigan_official import load_official_hifigan
     from luna.pretrained import universal_hifigan_files
 
     src, config = universal_hifigan_files()

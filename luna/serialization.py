@@ -48,12 +48,15 @@ def atomic_save(obj: Any, path: Union[str, Path]) -> None:
     atomic_write(path, lambda f: torch.save(obj, f))
 
 
-def safe_load(path: Union[str, Path], map_location: Any = "cpu") -> Any:
-    """Load a checkpoint without unpickling arbitrary objects; refuses anything that needs pickle."""
+def safe_load(path: Union[str, Path], map_location: Any = "cpu", legacy: bool = False) -> Any:
+    """Load a checkpoint without unpickling arbitrary objects; refuses anything that needs pickle.
+
+    ``legacy=True`` also accepts the pre-1.6 (non-zip) ``torch.save`` format, e.g. the official HiFi-GAN
+    files; ``weights_only`` guards that format the same way."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: no such checkpoint file")
-    if not zipfile.is_zipfile(path):  # torch.save has written zip archives since torch 1.6
+    if not legacy and not zipfile.is_zipfile(path):  # torch.save has written zip archives since torch 1.6
         raise CheckpointError(f"{path}: not a checkpoint file (not a torch.save archive)")
     try:
         return torch.load(path, map_location=map_location, weights_only=True)

@@ -21,15 +21,11 @@ import torch.nn.functional as F
 
 from luna.config import ConfigError
 from luna.features import MelSpectrogram, mel_config, mel_mismatches
-from luna.models.gan_losses import discriminator_loss, feature_loss, generator_loss
+from luna.models.hifigan import HiFiGANGenerator, hifigan_generator_config
+from luna.models.hifigan_official import generator_for_training
 from luna.models.tokenizer import CheckpointError, SpeechTokenizer
-from luna.models.vocoder import (
-    HiFiGANGenerator,
-    MultiPeriodDiscriminator,
-    MultiScaleDiscriminator,
-    generator_for_training,
-    hifigan_generator_config,
-)
+from luna.training.discriminators import MultiPeriodDiscriminator, MultiScaleDiscriminator
+from luna.training.gan_losses import discriminator_loss, feature_loss, generator_loss
 from luna.training import distributed
 from luna.training.trainer import Trainer, mel_figure
 
