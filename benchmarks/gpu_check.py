@@ -502,7 +502,7 @@ def section_throughput(sec: Section) -> None:
 
 def section_quality(sec: Section) -> None:
     from luna.evaluation import metrics
-    from luna.evaluation.report import DEV_CLEAN, run_evaluation
+    from luna.evaluation.evaluate import DEV_CLEAN, run_evaluation
 
     p = sec.plan["quality"]
     minutes = sec.args.quality_minutes if sec.args.quality_minutes is not None else p["minutes"]

@@ -1,20 +1,22 @@
-"""Checkpoint files: atomic writes and pickle-free loading (``torch.load(weights_only=True)``)."""
+"""Files luna writes and reads back: atomic writes (checkpoints, JSON) and pickle-free loading (``torch.load(weights_only=True)``)."""
 from __future__ import annotations
 
+import json
+import math
 import os
 import pickle
 import tempfile
 import zipfile
 from pathlib import Path
-from typing import Any, BinaryIO, Callable, Union
+from typing import Any, BinaryIO, Callable, Iterable, Optional, Union
 
+import numpy as np
 import torch
 from luna.errors import CheckpointError  # noqa: F401 - raised here, importable from here
 
 
 _UMASK = os.umask(0)
 os.umask(_UMASK)
-
 
 
 def atomic_write(path: Union[str, Path], data: Union[bytes, Callable[[BinaryIO], Any]]) -> None:
@@ -46,6 +48,35 @@ def atomic_write(path: Union[str, Path], data: Union[bytes, Callable[[BinaryIO],
 def atomic_save(obj: Any, path: Union[str, Path]) -> None:
     """``torch.save`` through :func:`atomic_write`."""
     atomic_write(path, lambda f: torch.save(obj, f))
+
+
+def jsonable(x: Any) -> Any:
+    """JSON-safe copy: non-finite floats become None, tensors and numpy scalars Python numbers, tuples lists."""
+    if isinstance(x, dict):
+        return {str(k): jsonable(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [jsonable(v) for v in x]
+    if isinstance(x, torch.Tensor):
+        x = x.item() if x.numel() == 1 else x.tolist()
+    elif isinstance(x, np.generic):
+        x = x.item()
+    if isinstance(x, float) and not math.isfinite(x):
+        return None
+    return x
+
+
+def write_json(obj: Any, path: Union[str, Path], indent: Optional[int] = 2) -> Path:
+    """``obj`` as strict UTF-8 JSON (see :func:`jsonable`) through :func:`atomic_write`; ``indent=None``: one line."""
+    text = json.dumps(jsonable(obj), indent=indent, ensure_ascii=False, allow_nan=False)
+    atomic_write(path, (text + "\n").encode("utf-8"))
+    return Path(path)
+
+
+def write_jsonl(rows: Iterable[Any], path: Union[str, Path]) -> Path:
+    """One JSON object per line (JSON Lines) through :func:`atomic_write`."""
+    text = "".join(json.dumps(jsonable(r), ensure_ascii=False, allow_nan=False) + "\n" for r in rows)
+    atomic_write(path, text.encode("utf-8"))
+    return Path(path)
 
 
 def safe_load(path: Union[str, Path], map_location: Any = "cpu", legacy: bool = False) -> Any:

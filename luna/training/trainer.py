@@ -8,7 +8,6 @@ weights as one never interrupted (CPU, fp32).
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import math
 import os
@@ -544,6 +543,6 @@ class Trainer:
         }
 
     def _write_metrics(self) -> None:
-        tmp = self.out / "metrics.json.tmp"
-        tmp.write_text(json.dumps(self._metrics(), indent=2))
-        os.replace(tmp, self.out / "metrics.json")
+        from luna.serialization import write_json
+
+        write_json(self._metrics(), self.out / "metrics.json")
