@@ -1,5 +1,5 @@
 """One tokenizer loader for every consumer (``luna.eval``, ``luna.tokenize``, a server): a checkpoint on a device,
-eval mode, optionally with a vocoder attached. Failures are :class:`~luna.errors.LunaError`\\ s on one line naming
+eval mode, optionally with a vocoder attached. Failures are :class:`~luna.errors.LunaError` subclasses, one line naming
 the file (:class:`CheckpointError`) or the vocoder (:class:`ConfigError`)."""
 from __future__ import annotations
 
