@@ -18,6 +18,28 @@ from luna.models.hifigan import LRELU_SLOPE, get_padding
 __all__ = ["DiscriminatorP", "DiscriminatorS", "MultiPeriodDiscriminator", "MultiScaleDiscriminator"]
 
 
+#: (real scores, fake scores, real feature maps, fake feature maps), one entry per sub-discriminator
+Scores = Tuple[List[torch.Tensor], List[torch.Tensor], List[List[torch.Tensor]], List[List[torch.Tensor]]]
+
+
+def _conv_stack(d: nn.Module, x: torch.Tensor) -> Tuple[torch.Tensor, List[torch.Tensor]]:
+    """``d.convs`` (leaky ReLU after each) then ``d.conv_post``: (flattened score ``[B, N]``, every activation)."""
+    fmap = []
+    for layer in d.convs:
+        x = F.leaky_relu(layer(x), LRELU_SLOPE)
+        fmap.append(x)
+    x = d.conv_post(x)
+    fmap.append(x)
+    return torch.flatten(x, 1, -1), fmap
+
+
+def _score(d: nn.Module, y: torch.Tensor, y_hat: torch.Tensor, out: Scores) -> None:
+    """Append ``d``'s scores and feature maps of real ``y`` and generated ``y_hat`` to ``out``."""
+    (y_d_r, fmap_r), (y_d_g, fmap_g) = d(y), d(y_hat)
+    for acc, v in zip(out, (y_d_r, y_d_g, fmap_r, fmap_g)):
+        acc.append(v)
+
+
 class DiscriminatorP(nn.Module):
     """Period discriminator: audio ``[B, 1, L]`` folded to ``[B, 1, L/p, p]``, 2-D convs over time.
 
@@ -45,19 +67,13 @@ class DiscriminatorP(nn.Module):
         self.conv_post = norm_f(nn.Conv2d(chans[-1], 1, (3, 1), 1, padding=(1, 0)))
 
     def forward(self, x: torch.Tensor) -> Tuple[torch.Tensor, List[torch.Tensor]]:
-        fmap = []
         b, c, t = x.shape
         if t % self.period != 0:  # reflect-pad to a whole number of periods
             n_pad = self.period - (t % self.period)
             x = F.pad(x, (0, n_pad), "reflect")
             t = t + n_pad
         x = x.view(b, c, t // self.period, self.period)  # [B, 1, L/p, p]
-        for layer in self.convs:
-            x = F.leaky_relu(layer(x), LRELU_SLOPE)
-            fmap.append(x)
-        x = self.conv_post(x)
-        fmap.append(x)
-        return torch.flatten(x, 1, -1), fmap
+        return _conv_stack(self, x)
 
 
 class MultiPeriodDiscriminator(nn.Module):
@@ -72,15 +88,10 @@ class MultiPeriodDiscriminator(nn.Module):
         self.discriminators = nn.ModuleList(DiscriminatorP(p, channels=channels) for p in periods)
 
     def forward(self, y: torch.Tensor, y_hat: torch.Tensor):
-        y_d_rs, y_d_gs, fmap_rs, fmap_gs = [], [], [], []
+        out: Scores = ([], [], [], [])
         for d in self.discriminators:
-            y_d_r, fmap_r = d(y)
-            y_d_g, fmap_g = d(y_hat)
-            y_d_rs.append(y_d_r)
-            fmap_rs.append(fmap_r)
-            y_d_gs.append(y_d_g)
-            fmap_gs.append(fmap_g)
-        return y_d_rs, y_d_gs, fmap_rs, fmap_gs
+            _score(d, y, y_hat, out)
+        return out
 
 
 #: (kernel, stride, groups, padding) of the official DiscriminatorS convs; channels come separately
@@ -105,13 +116,7 @@ class DiscriminatorS(nn.Module):
         self.conv_post = norm_f(nn.Conv1d(chans[-1], 1, 3, 1, padding=1))
 
     def forward(self, x: torch.Tensor) -> Tuple[torch.Tensor, List[torch.Tensor]]:
-        fmap = []
-        for layer in self.convs:
-            x = F.leaky_relu(layer(x), LRELU_SLOPE)
-            fmap.append(x)
-        x = self.conv_post(x)
-        fmap.append(x)
-        return torch.flatten(x, 1, -1), fmap
+        return _conv_stack(self, x)
 
 
 class MultiScaleDiscriminator(nn.Module):
@@ -128,15 +133,10 @@ class MultiScaleDiscriminator(nn.Module):
         self.meanpools = nn.ModuleList([nn.AvgPool1d(4, 2, padding=2), nn.AvgPool1d(4, 2, padding=2)])
 
     def forward(self, y: torch.Tensor, y_hat: torch.Tensor):
-        y_d_rs, y_d_gs, fmap_rs, fmap_gs = [], [], [], []
+        out: Scores = ([], [], [], [])
         for i, d in enumerate(self.discriminators):
             if i != 0:
                 y = self.meanpools[i - 1](y)
                 y_hat = self.meanpools[i - 1](y_hat)
-            y_d_r, fmap_r = d(y)
-            y_d_g, fmap_g = d(y_hat)
-            y_d_rs.append(y_d_r)
-            fmap_rs.append(fmap_r)
-            y_d_gs.append(y_d_g)
-            fmap_gs.append(fmap_g)
-        return y_d_rs, y_d_gs, fmap_rs, fmap_gs
+            _score(d, y, y_hat, out)
+        return out
