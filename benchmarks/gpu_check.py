@@ -500,7 +500,7 @@ def section_throughput(sec: Section) -> None:
 
 def section_quality(sec: Section) -> None:
     from luna.evaluation import metrics
-    from luna.evaluation.report import DEV_CLEAN, run_evaluation
+    from luna.evaluation.evaluate import DEV_CLEAN, run_evaluation
 
     p = sec.plan["quality"]
     minutes = sec.args.quality_minutes if sec.args.quality_minutes is not None else p["minutes"]
@@ -887,7 +887,7 @@ def fp16_universal_vocoder() -> str:
     """UNIVERSAL_V1 in the official format with fp16 tensors (half the size; loads into fp32 parameters)."""
     import torch
 
-    from luna.models.vocoder import load_official_hifigan
+    from luna.models.hifigan_official import load_official_hifigan
     from luna.pretrained import universal_hifigan_files
 
     src, config = universal_hifigan_files()

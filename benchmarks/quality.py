@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional
 
 ROOT = Path(__file__).resolve().parent.parent  # the repository (benchmarks run from a checkout)
-from luna.evaluation.report import DEV_CLEAN
+from luna.evaluation.evaluate import DEV_CLEAN
 
 OUT = ROOT / "outputs" / "quality"
 

@@ -10,7 +10,7 @@ import numpy as np
 import soundfile as sf
 import torch
 import torchaudio
-from luna.errors import AudioError  # noqa: F401 - raised here, importable from here
+from luna.errors import AudioError, one_line  # noqa: F401 - AudioError: raised here, importable from here
 
 AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg")
 PathLike = Union[str, Path]
@@ -22,12 +22,8 @@ def info(path: PathLike) -> Tuple[int, int, int]:
     try:
         i = sf.info(str(path))
     except Exception as e:  # soundfile raises LibsndfileError / RuntimeError / TypeError for bad files
-        raise AudioError(_reason(e)) from None
+        raise AudioError(one_line(e)) from None
     return int(i.frames), int(i.samplerate), int(i.channels)
-
-
-def _reason(e: Exception) -> str:
-    return " ".join(str(e).split()) or type(e).__name__
 
 
 def load(
@@ -44,7 +40,7 @@ def load(
     try:
         data, sr = sf.read(str(path), start=start, frames=frames, dtype="float32", always_2d=True)
     except Exception as e:
-        raise AudioError(_reason(e)) from None
+        raise AudioError(one_line(e)) from None
     if data.size == 0:
         raise AudioError("no audio samples")
     if not np.isfinite(data).all():

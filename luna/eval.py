@@ -17,7 +17,7 @@ from omegaconf import DictConfig
 
 from luna.cli import entry_point
 from luna.config import CONF_DIR
-from luna.evaluation.report import run_evaluation
+from luna.evaluation.evaluate import run_evaluation
 
 log = logging.getLogger("luna.eval")
 

@@ -14,7 +14,9 @@ import sys
 from pathlib import Path
 from typing import List, Optional
 
-from luna.evaluation.report import DEV_CLEAN, EvalError, summarize_sweep, sweep_table, write_sweep_report
+from luna.errors import LunaError, one_line
+from luna.evaluation.evaluate import DEV_CLEAN
+from luna.evaluation.sweep import summarize_sweep, sweep_table, write_sweep_report
 
 log = logging.getLogger("luna.report")
 
@@ -25,7 +27,7 @@ def _evaluate_runs(rows: List[dict], max_files: Optional[int], device: str, voco
     from hydra import compose, initialize_config_dir
 
     from luna.config import CONF_DIR
-    from luna.evaluation.report import run_evaluation
+    from luna.evaluation.evaluate import run_evaluation
 
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         base = compose("eval", overrides=[f"vocoder={vocoder}"] if vocoder else [])
@@ -41,8 +43,8 @@ def _evaluate_runs(rows: List[dict], max_files: Optional[int], device: str, voco
         cfg.eval.rtf_repeats, cfg.eval.rtf_max_seconds = 1, 2.0  # the sweep table shows quality, not speed
         try:
             report = run_evaluation(cfg, Path(row["run_dir"]) / "eval")
-        except EvalError as e:
-            log.warning("%s: evaluation failed: %s", row["run"], e)
+        except LunaError as e:
+            log.warning("%s: evaluation failed: %s", row["run"], one_line(e))
             continue
         row["mel_l1"] = report["mel_l1"]
         for key in ("stoi", "pesq_wb", "ceiling_stoi", "ceiling_pesq_wb"):
@@ -69,6 +71,13 @@ def main(argv: Optional[List[str]] = None) -> int:
         print(f"error: {args.sweep_dir}: no run dirs (.hydra/config.yaml with a model node) found", file=sys.stderr)
         return 2
     if args.eval:
+        from luna.devices import resolve_device
+
+        try:
+            resolve_device(args.device, "--device")
+        except LunaError as e:
+            print(f"error: {one_line(e)}", file=sys.stderr)
+            return 2
         _evaluate_runs(rows, args.max_files, args.device, args.vocoder)
     paths = write_sweep_report(args.sweep_dir, rows)
     print(sweep_table(rows))

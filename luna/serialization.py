@@ -1,4 +1,4 @@
-"""Checkpoint files: atomic writes and pickle-free loading (``torch.load(weights_only=True)``)."""
+"""Files luna writes and reads back: atomic writes (checkpoints, JSON) and pickle-free loading (``torch.load(weights_only=True)``)."""
 from __future__ import annotations
 
 import json
@@ -8,8 +8,9 @@ import pickle
 import tempfile
 import zipfile
 from pathlib import Path
-from typing import Any, BinaryIO, Callable, Union
+from typing import Any, BinaryIO, Callable, Iterable, Optional, Union
 
+import numpy as np
 import torch
 
 from luna.errors import CheckpointError  # noqa: F401 - raised here, importable from here
@@ -50,33 +51,44 @@ def atomic_save(obj: Any, path: Union[str, Path]) -> None:
     atomic_write(path, lambda f: torch.save(obj, f))
 
 
-def _finite(x: Any) -> Any:
-    """JSON-ready: tensors and numpy scalars as numbers or lists, non-finite floats as null, recursively."""
+def jsonable(x: Any) -> Any:
+    """JSON-safe copy: non-finite floats become None, tensors and numpy scalars Python numbers, tuples lists."""
     if isinstance(x, dict):
-        return {str(k): _finite(v) for k, v in x.items()}
+        return {str(k): jsonable(v) for k, v in x.items()}
     if isinstance(x, (list, tuple)):
-        return [_finite(v) for v in x]
+        return [jsonable(v) for v in x]
     if isinstance(x, torch.Tensor):
         x = x.item() if x.numel() == 1 else x.tolist()
-    elif hasattr(x, "item") and type(x).__module__ == "numpy":
+    elif isinstance(x, np.generic):
         x = x.item()
     if isinstance(x, float) and not math.isfinite(x):
         return None
     return x
 
 
-def write_json(obj: Any, path: Union[str, Path]) -> Path:
-    """``obj`` as indented JSON (non-finite floats as null), through :func:`atomic_write`."""
-    atomic_write(path, (json.dumps(_finite(obj), indent=2, allow_nan=False) + "\n").encode())
+def write_json(obj: Any, path: Union[str, Path], indent: Optional[int] = 2) -> Path:
+    """``obj`` as strict UTF-8 JSON (see :func:`jsonable`) through :func:`atomic_write`; ``indent=None``: one line."""
+    text = json.dumps(jsonable(obj), indent=indent, ensure_ascii=False, allow_nan=False)
+    atomic_write(path, (text + "\n").encode("utf-8"))
     return Path(path)
 
 
-def safe_load(path: Union[str, Path], map_location: Any = "cpu") -> Any:
-    """Load a checkpoint without unpickling arbitrary objects; refuses anything that needs pickle."""
+def write_jsonl(rows: Iterable[Any], path: Union[str, Path]) -> Path:
+    """One JSON object per line (JSON Lines) through :func:`atomic_write`."""
+    text = "".join(json.dumps(jsonable(r), ensure_ascii=False, allow_nan=False) + "\n" for r in rows)
+    atomic_write(path, text.encode("utf-8"))
+    return Path(path)
+
+
+def safe_load(path: Union[str, Path], map_location: Any = "cpu", legacy: bool = False) -> Any:
+    """Load a checkpoint without unpickling arbitrary objects; refuses anything that needs pickle.
+
+    ``legacy=True`` also accepts the pre-1.6 (non-zip) ``torch.save`` format, e.g. the official HiFi-GAN
+    files; ``weights_only`` guards that format the same way."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: no such checkpoint file")
-    if not zipfile.is_zipfile(path):  # torch.save has written zip archives since torch 1.6
+    if not legacy and not zipfile.is_zipfile(path):  # torch.save has written zip archives since torch 1.6
         raise CheckpointError(f"{path}: not a checkpoint file (not a torch.save archive)")
     try:
         return torch.load(path, map_location=map_location, weights_only=True)

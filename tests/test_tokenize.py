@@ -67,7 +67,7 @@ def compose_tokenize(*overrides: str):
 
 @pytest.mark.parametrize("data", sorted(p.stem for p in (luna.config.CONF_DIR / "data").glob("*.yaml")))
 def test_config_composes_with_every_data_preset(data):
-    from luna.tokenize import _data_config
+    from luna.tokens.writer import _data_config
 
     folder = ["data.root=/corpus", "data.val_subsets=[held]"] if data == "folder" else []
     cfg = compose_tokenize(f"data={data}", *folder)

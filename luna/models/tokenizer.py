@@ -170,7 +170,8 @@ class SpeechTokenizer(nn.Module):
         tok = cls(config["model"], vocoder)
         tok._load_state(load_file(str(d / "model.safetensors")), d)
         if generator_config is not None and (d / "vocoder.safetensors").is_file():
-            from luna.models.vocoder import HiFiGANGenerator, HiFiGANVocoder
+            from luna.models.hifigan import HiFiGANGenerator
+            from luna.models.vocoder import HiFiGANVocoder
 
             gen = HiFiGANGenerator(generator_config, num_mels=tok.config.mel.n_mels)
             gen.remove_weight_norm()

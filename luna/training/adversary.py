@@ -20,8 +20,8 @@ from typing import Any, Dict, Iterator, Tuple
 
 import torch
 
-from luna.models.gan_losses import discriminator_loss, feature_loss, generator_loss
-from luna.models.vocoder import MultiPeriodDiscriminator, MultiScaleDiscriminator
+from luna.training.discriminators import MultiPeriodDiscriminator, MultiScaleDiscriminator
+from luna.training.gan_losses import discriminator_loss, feature_loss, generator_loss
 from luna.training.distributed import DistEnv, all_finite, wrap
 from luna.training.schedule import adamw
 

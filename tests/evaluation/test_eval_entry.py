@@ -23,7 +23,7 @@ import luna.config
 from tests.paths import ROOT
 from luna import report as report_cli
 from luna.audio import load, resample
-from luna.evaluation.report import EvalError, run_evaluation
+from luna.evaluation.evaluate import EvalError, run_evaluation
 
 SPEECH = ROOT / "tests" / "fixtures" / "synthetic_mini" / "dev-mini" / "109" / "1010" / "109-1010-0001.flac"
 

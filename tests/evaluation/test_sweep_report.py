@@ -10,13 +10,8 @@ import torch
 from omegaconf import OmegaConf
 
 from luna import report as report_cli
-from luna.evaluation.report import (
-    bitrate_bps,
-    find_audio_files,
-    read_run,
-    summarize_sweep,
-    write_eval_report,
-)
+from luna.evaluation.evaluate import bitrate_bps, find_audio_files, write_eval_report
+from luna.evaluation.sweep import read_run, summarize_sweep
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 

@@ -181,7 +181,8 @@ def test_save_pretrained_round_trip_gives_identical_codes(tiny, tmp_path):
 
 
 def test_save_pretrained_carries_a_hifigan_vocoder(tiny, tmp_path):
-    from luna.models.vocoder import HiFiGANGenerator, HiFiGANVocoder, hifigan_generator_config
+    from luna.models.hifigan import HiFiGANGenerator, hifigan_generator_config
+    from luna.models.vocoder import HiFiGANVocoder
 
     h = hifigan_generator_config("v3", hop_length=tiny.config.mel.hop_length)
     tok = SpeechTokenizer.from_config(tiny.config)

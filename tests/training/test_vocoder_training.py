@@ -16,7 +16,8 @@ from luna.config import ConfigError, MelConfig, validate
 from tests.paths import ROOT
 from luna.features import MelSpectrogram
 from luna.models.tokenizer import SpeechTokenizer
-from luna.models.vocoder import HIFIGAN_PRESETS, generator_for_training
+from luna.models.hifigan import HIFIGAN_PRESETS
+from luna.models.hifigan_official import generator_for_training
 from luna.training.tasks.vocoder import load_frozen_tokenizer
 from tests.conftest import compose_train
 from tests.training.helpers import assert_same_tensors, kill_at_step, load, metrics, run_train

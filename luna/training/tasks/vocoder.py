@@ -22,7 +22,8 @@ import torch.nn.functional as F
 from luna.config import ConfigError, mel_config, mel_mismatches
 from luna.features import MelSpectrogram
 from luna.models.tokenizer import CheckpointError, SpeechTokenizer
-from luna.models.vocoder import HiFiGANGenerator, generator_for_training, hifigan_generator_config
+from luna.models.hifigan import HiFiGANGenerator, hifigan_generator_config
+from luna.models.hifigan_official import generator_for_training
 from luna.training.adversary import Adversary
 from luna.training.distributed import DistEnv, wrap
 from luna.training.loggers import log_mel_pairs
