@@ -33,8 +33,8 @@ def validate_serve(cfg) -> None:
     if not 0 <= int(cfg.port) <= 65535:
         raise ConfigError(f"port: must be 0..65535 (0 = any free port), got {cfg.port}")
     for key in ("workers", "queue_chunks", "max_chunk_bytes"):
-        if int(cfg[key]) < 1:
-            raise ConfigError(f"{key}: must be >= 1, got {cfg[key]}")
+        if int(getattr(cfg, key)) < 1:
+            raise ConfigError(f"{key}: must be >= 1, got {getattr(cfg, key)}")
     if cfg.threads is not None and int(cfg.threads) < 1:
         raise ConfigError(f"threads: must be >= 1 or null, got {cfg.threads}")
     if float(cfg.max_turn_seconds) <= 0:
