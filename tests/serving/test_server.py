@@ -16,7 +16,7 @@ from websockets.exceptions import ConnectionClosed
 from luna.client import stream_async, tokenize_turn
 from luna.errors import ServerError
 from tests.paths import ROOT
-from tests.serving.conftest import ENV, STREAMING, ThreadServer, speech, tiny_tokenizer
+from tests.serving.conftest import ENV, STREAMING, ThreadServer, needs_streaming, speech, tiny_tokenizer
 
 
 def test_turn_codes_equal_tokenize(server_url, tok):
@@ -102,6 +102,7 @@ def test_entry_point_user_errors(checkpoint, tmp_path):
     assert r.returncode == 2 and re.fullmatch(r"error: port: cannot listen on 127\.0\.0\.1:\d+: .*\n", r.stderr), r.stderr
 
 
+@needs_streaming  # the example streams too
 def test_readme_client_example_runs(server_url):
     text = (ROOT / "README.md").read_text()
     block = re.search(r"## Serving \(WebSocket\).*?```python\n(.*?)```", text, re.S).group(1)
