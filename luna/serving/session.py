@@ -6,6 +6,7 @@ Both run on the server's compute thread, never on the event loop, and are used b
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import List, Optional
 
@@ -43,8 +44,8 @@ class StreamSession:
 
     @property
     def latency_ms(self) -> Optional[float]:
-        value = getattr(self.encoder, "latency_ms", None)
-        return None if value is None else float(value)
+        value = getattr(self.encoder, "latency_ms", getattr(self.tok, "latency_ms", None))  # algorithmic, ms
+        return float(value) if value is not None and math.isfinite(value) else None
 
     def _out(self, codes: torch.Tensor, final: bool) -> Output:
         codes = codes[0, : self.hello.num_quantizers or codes.shape[1]]  # [1, N, t] -> [n, t]

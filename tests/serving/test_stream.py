@@ -5,9 +5,11 @@ import asyncio
 import time
 
 import numpy as np
+import pytest
 import torch
 
 from luna.client import stream_async
+from luna.errors import ServerError
 from luna.serving import server as server_module
 from luna.serving.session import TurnSession
 from tests.serving.conftest import ThreadServer, needs_streaming, speech
@@ -26,11 +28,10 @@ def test_stream_codes_equal_tokenize_of_the_whole(server_url, tok):
 
 
 @needs_streaming
-def test_stream_audio_out(server_url, tok):
-    wav = speech(5, 2.0)
-    r = asyncio.run(stream_async(server_url, wav, 16000, chunk_ms=40, audio_out=True))
-    assert torch.equal(r.codes, tok.tokenize(wav, 16000))
-    assert r.audio is not None and r.audio.shape[-1] == r.done["samples"] > 0
+def test_stream_audio_with_griffinlim_is_refused_at_hello(server_url):
+    """Griffin-Lim iterates over the whole spectrogram: stream mode with audio:true says so and closes."""
+    with pytest.raises(ServerError, match="unsupported_mode.*(Griffin-Lim|griffinlim)"):
+        asyncio.run(stream_async(server_url, speech(5, 0.5), 16000, audio_out=True))
 
 
 @needs_streaming
