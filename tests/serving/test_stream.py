@@ -12,7 +12,7 @@ from luna.client import stream_async
 from luna.errors import ServerError
 from luna.serving import server as server_module
 from luna.serving.session import TurnSession
-from tests.serving.conftest import ThreadServer, needs_streaming, speech
+from tests.serving.conftest import ThreadServer, needs_streaming, speech, tiny_tokenizer
 
 LOAD_STREAMS = 16
 LOAD_SECONDS = 20.0
@@ -32,6 +32,26 @@ def test_stream_audio_with_griffinlim_is_refused_at_hello(server_url):
     """Griffin-Lim iterates over the whole spectrogram: stream mode with audio:true says so and closes."""
     with pytest.raises(ServerError, match="unsupported_mode.*(Griffin-Lim|griffinlim)"):
         asyncio.run(stream_async(server_url, speech(5, 0.5), 16000, audio_out=True))
+
+
+@needs_streaming
+def test_stream_audio_with_a_streaming_vocoder_equals_detokenize():
+    """A HiFi-GAN (random v3 at the tiny model's hop 160) streams: audio chunks, concatenated, equal detokenize."""
+    from luna.models.vocoder import HiFiGANGenerator, HiFiGANVocoder, hifigan_generator_config
+
+    tok = tiny_tokenizer(causal=True)
+    torch.manual_seed(0)
+    tok.set_vocoder(HiFiGANVocoder(HiFiGANGenerator(hifigan_generator_config("v3", hop_length=160), 40), tok.config.mel))
+    server = ThreadServer(tok, threads=1)
+    try:
+        wav = speech(5, 2.0)
+        r = asyncio.run(stream_async(server.url, wav, 16000, chunk_ms=40, audio_out=True))
+    finally:
+        server.close()
+    codes = tok.tokenize(wav, 16000)
+    assert torch.equal(r.codes, codes) and r.ready["latency_ms"] == 20.0  # one token of 320 samples at 16 kHz
+    assert r.audio.shape == (1, codes.shape[-1] * 320) and r.done["samples"] == r.audio.shape[-1]
+    assert torch.allclose(r.audio, tok.detokenize(codes), atol=1e-5)
 
 
 @needs_streaming
