@@ -94,6 +94,7 @@ class ModelConfig:
     revival_grace_steps: int = 200  # a revived code is not judged dead again before this many steps
     revival: str = "random"  # what a dead code is revived from: random | worst (vectors of the batch)
     quantizer_dropout: float = 0.5  # fraction of samples trained with a random 1..N quantizers
+    causal: bool = False  # left-padded convs, per-frame norms, left-padded mel framing: streamable (luna/streaming)
 
 
 #: keys older checkpoints stored in their model config that now live elsewhere (``model.loss`` → ``loss``)

@@ -44,6 +44,14 @@ class TokensError(LunaError, RuntimeError):
     """A directory that is not a finished, readable luna token export, or an export that cannot run or finish."""
 
 
+class ServerError(LunaError, RuntimeError):
+    """A luna WebSocket server refused a request or closed the stream (``code``: the protocol's error code)."""
+
+    def __init__(self, code: str, message: str):
+        super().__init__(f"server error {code}: {message}")
+        self.code = code
+
+
 def one_line(e: BaseException) -> str:
     """The message of ``e`` on one line (whitespace runs collapsed)."""
     return " ".join(str(e).split()) or type(e).__name__

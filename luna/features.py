@@ -12,13 +12,15 @@ from luna.config import MelConfig, mel_config, mel_mismatches  # noqa: F401 - th
 class MelSpectrogram(torch.nn.Module):
     """Audio ``[B, S]`` → log-mel ``[B, n_mels, S // hop]`` (HiFi-GAN framing: pad (n_fft-hop)/2, center=False).
 
-    The STFT runs in fp32 even under autocast; frames = floor(S / hop) for any S.
+    The STFT runs in fp32 even under autocast; frames = floor(S / hop) for any S. ``causal``: n_fft - hop zeros
+    on the left only, so frame t depends only on samples < (t+1)·hop (frames incrementally, see luna/streaming).
     """
 
-    def __init__(self, mel: Any):
+    def __init__(self, mel: Any, causal: bool = False):
         super().__init__()
         self.config = mel_config(mel)
         c = self.config
+        self.causal = bool(causal)
         self.pad = (c.n_fft - c.hop_length) // 2
         self.spec = torchaudio.transforms.MelSpectrogram(
             sample_rate=c.sample_rate,
@@ -39,16 +41,23 @@ class MelSpectrogram(torch.nn.Module):
         x = audio.reshape(1, -1) if squeeze else audio.reshape(audio.shape[0], -1)
         with torch.autocast(device_type=x.device.type, enabled=False):
             x = x.float()
-            mode = self.config.padding
-            if mode == "reflect" and x.shape[-1] <= self.pad:
-                mode = "constant"  # reflect needs more samples than the pad; tiny clips get zeros
-            x = torch.nn.functional.pad(x.unsqueeze(1), (self.pad, self.pad), mode=mode).squeeze(1)
+            if self.causal:
+                x = torch.nn.functional.pad(x, (self.config.n_fft - self.config.hop_length, 0))
+            else:
+                mode = self.config.padding
+                if mode == "reflect" and x.shape[-1] <= self.pad:
+                    mode = "constant"  # reflect needs more samples than the pad; tiny clips get zeros
+                x = torch.nn.functional.pad(x.unsqueeze(1), (self.pad, self.pad), mode=mode).squeeze(1)
             if x.shape[-1] < self.config.n_fft:  # shorter than one window: no frame
                 return x.new_zeros(x.shape[0], self.config.n_mels, 0)
-            m = self.spec(x)
-            m = torch.clamp(m, min=self.config.log_floor)
-            m = torch.log(m) if self.config.log == "ln" else torch.log10(m)
+            m = self.frames(x)
         return m[0] if squeeze else m
+
+    def frames(self, padded: torch.Tensor) -> torch.Tensor:
+        """Already padded fp32 audio ``[B, L]`` (L ≥ n_fft) → log-mel ``[B, n_mels, (L - n_fft) // hop + 1]``."""
+        m = self.spec(padded)
+        m = torch.clamp(m, min=self.config.log_floor)
+        return torch.log(m) if self.config.log == "ln" else torch.log10(m)
 
     def num_frames(self, num_samples: int) -> int:
         return num_samples // self.config.hop_length

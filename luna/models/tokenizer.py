@@ -21,6 +21,7 @@ from luna.audio import resample, to_mono
 from luna.config import (ConfigError, MelConfig, ModelConfig, Rate, VocoderConfig, check_mel_compatible, model_rate, plain,
                          typed, validate_mel, validate_model)
 from luna.features import MelSpectrogram, mel_mismatches
+from luna.models.causal import CausalDecoder, CausalEncoder
 from luna.models.codec import Decoder, Encoder
 from luna.models.quantizer import ResidualVectorQuantizer
 from luna.serialization import CheckpointError, atomic_save, safe_load
@@ -70,8 +71,8 @@ class SpeechTokenizer(nn.Module):
         self.vocoder_config = vocoder_cfg
         m = model_cfg
         dim = m.codebook_dim or m.hidden
-        self.mel = MelSpectrogram(m.mel)
-        self.encoder = Encoder(m.mel.n_mels, m.hidden, dim, m.encoder_stride, m.res_blocks)
+        self.mel = MelSpectrogram(m.mel, causal=m.causal)
+        self.encoder = (CausalEncoder if m.causal else Encoder)(m.mel.n_mels, m.hidden, dim, m.encoder_stride, m.res_blocks)
         self.quantizer = ResidualVectorQuantizer(
             dim,
             m.codebook_size,
@@ -83,7 +84,7 @@ class SpeechTokenizer(nn.Module):
             quantizer_dropout=m.quantizer_dropout,
             revival=m.revival,
         )
-        self.decoder = Decoder(m.mel.n_mels, m.hidden, dim, m.encoder_stride, m.res_blocks)
+        self.decoder = (CausalDecoder if m.causal else Decoder)(m.mel.n_mels, m.hidden, dim, m.encoder_stride, m.res_blocks)
         # log-mel lies in [log(floor), ~0]: a fixed affine maps it to about [-1, 1] for the convs
         self._offset = math.log(m.mel.log_floor) / 2
         self._scale = -math.log(m.mel.log_floor) / 2
@@ -275,6 +276,10 @@ class SpeechTokenizer(nn.Module):
         T = ceil(S' / samples_per_token) where S' is the length at the model rate (= ceil(seconds × frame_rate)).
         """
         x = self.prepare_audio(audio, sample_rate)
+        if self.config.causal:  # blockwise, exactly as a stream computes it (luna/streaming/encoder.py)
+            from luna.streaming.encoder import tokenize_blockwise
+
+            return tokenize_blockwise(self, x, num_quantizers)
         return self.quantizer.encode(self.encode_mel(self.mel(x)), num_quantizers)
 
     @torch.no_grad()
@@ -306,3 +311,24 @@ class SpeechTokenizer(nn.Module):
     def detokenize(self, codes: torch.Tensor) -> torch.Tensor:
         """codes ``[B, n, T]`` → audio ``[B, T × samples_per_token]`` at ``sample_rate``."""
         return self.vocode(self.decode_mel(codes))
+
+    # ---- streaming (luna/streaming) -------------------------------------------------------------
+    @property
+    def latency_ms(self) -> float:
+        """Algorithmic latency of tokenizing, in ms: one token of samples for a causal model (no lookahead);
+        ``inf`` for a non-causal one (its GroupNorm reads the whole clip)."""
+        from luna.streaming import algorithmic_latency_ms
+
+        return algorithmic_latency_ms(self)
+
+    def stream_encoder(self, sample_rate: Optional[int] = None) -> Any:
+        """A :class:`luna.streaming.StreamingEncoder`: ``push(pcm) → codes [1, N, t]``, ``flush()``."""
+        from luna.streaming import StreamingEncoder
+
+        return StreamingEncoder(self, self.sample_rate if sample_rate is None else sample_rate)
+
+    def stream_decoder(self, vocoder: Any = None) -> Any:
+        """A :class:`luna.streaming.StreamingDecoder`: ``push(codes) → audio``, ``push_mel``, ``flush()``."""
+        from luna.streaming import StreamingDecoder
+
+        return StreamingDecoder(self, vocoder)

@@ -1,0 +1,102 @@
+"""Per-utterance model state of one connection: a streaming session or a turn (whole-utterance) session.
+
+Both run on the server's compute thread, never on the event loop, and are used by one connection at a time
+(its jobs run one after another, in arrival order). ``push`` takes one chunk of PCM ``[S]`` at the client's rate,
+``flush`` ends the utterance; each returns an :class:`Output` (possibly empty) to send.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import List, Optional
+
+import torch
+
+from luna.errors import ConfigError
+from luna.serving.protocol import Hello, ProtocolError
+
+
+@dataclass
+class Output:
+    index: int  # utterance frame index of codes[:, 0]
+    codes: torch.Tensor  # [n, t] LongTensor, t >= 0
+    audio_index: int = 0  # utterance sample index (model rate) of audio[0]
+    audio: Optional[torch.Tensor] = None  # [s] float32 reconstruction at the model rate, or None
+
+
+class StreamSession:
+    """Causal streaming: codes as soon as they are final (``tok.stream_encoder``), audio via ``tok.stream_decoder``.
+
+    The concatenated codes equal ``tok.tokenize(whole_utterance, sample_rate)`` for a causal model.
+    """
+
+    def __init__(self, tok, hello: Hello):
+        if not hasattr(tok, "stream_encoder"):
+            raise ProtocolError("unsupported_mode", "stream mode needs SpeechTokenizer.stream_encoder, which this luna lacks; use mode turn")
+        self.tok, self.hello = tok, hello
+        try:
+            self.encoder = tok.stream_encoder(hello.sample_rate)
+            self.decoder = tok.stream_decoder() if hello.audio else None
+        except ConfigError as e:  # e.g. a non-causal model, or a vocoder that cannot stream
+            raise ProtocolError("unsupported_mode", f"stream mode is not available for this model: {e}") from None
+        self.frames = 0  # codes sent so far
+        self.samples = 0  # reconstruction samples sent so far
+
+    @property
+    def latency_ms(self) -> Optional[float]:
+        value = getattr(self.encoder, "latency_ms", getattr(self.tok, "latency_ms", None))  # algorithmic, ms
+        return float(value) if value is not None and math.isfinite(value) else None
+
+    def _out(self, codes: torch.Tensor, final: bool) -> Output:
+        codes = codes[0, : self.hello.num_quantizers or codes.shape[1]]  # [1, N, t] -> [n, t]
+        out = Output(self.frames, codes.cpu(), self.samples)
+        self.frames += codes.shape[-1]
+        if self.decoder is not None:
+            parts = [self.decoder.push(codes[None])] if codes.shape[-1] else []
+            if final:
+                parts.append(self.decoder.flush())
+            audio = torch.cat([p.reshape(-1).float().cpu() for p in parts]) if parts else torch.zeros(0)
+            out.audio = audio
+            self.samples += audio.numel()
+        return out
+
+    @torch.no_grad()
+    def push(self, pcm: torch.Tensor) -> Output:
+        return self._out(self.encoder.push(pcm), final=False)
+
+    @torch.no_grad()
+    def flush(self) -> Output:
+        return self._out(self.encoder.flush(), final=True)
+
+
+class TurnSession:
+    """Whole utterances: buffers the PCM, then ``tokenize`` (and ``detokenize``) it at ``end``."""
+
+    def __init__(self, tok, hello: Hello, max_seconds: float):
+        self.tok, self.hello = tok, hello
+        self.max_samples = int(max_seconds * hello.sample_rate)
+        self.chunks: List[torch.Tensor] = []  # each [S_i] at the client's rate
+        self.length = 0
+        self.latency_ms = None  # a turn answers after the end of the utterance
+
+    def push(self, pcm: torch.Tensor) -> Output:
+        self.length += pcm.numel()
+        if self.length > self.max_samples:
+            raise ProtocolError("turn_too_long", f"the utterance exceeds max_turn_seconds ({self.max_samples} samples at {self.hello.sample_rate} Hz)")
+        self.chunks.append(pcm)
+        return Output(0, torch.zeros(0, 0, dtype=torch.long))
+
+    @torch.no_grad()
+    def flush(self) -> Output:
+        audio = torch.cat(self.chunks) if self.chunks else torch.zeros(0)  # [S]
+        self.chunks, self.length = [], 0
+        codes = self.tok.tokenize(audio, self.hello.sample_rate, self.hello.num_quantizers)[0]  # [n, T]
+        rec = self.tok.detokenize(codes[None])[0].float().cpu() if self.hello.audio else None  # [T * samples_per_token]
+        return Output(0, codes.cpu(), 0, rec)
+
+
+def new_session(tok, hello: Hello, max_turn_seconds: float):
+    """The session for ``hello.mode`` (raises :class:`ProtocolError` when the model cannot serve it)."""
+    if hello.mode == "stream":
+        return StreamSession(tok, hello)
+    return TurnSession(tok, hello, max_turn_seconds)
