@@ -322,8 +322,8 @@ def make_trainer(sec: Section, run: str, overrides: Sequence[str], base: Optiona
     import torch
     from omegaconf import OmegaConf, open_dict
 
-    from luna.config import validate
-    from luna.training import distributed
+    from luna.validation import validate
+    from luna import distributed
     from luna.training.loop import Loop
 
     cfg = compose([*(base_overrides(sec) if base is None else base), *overrides])

@@ -17,6 +17,7 @@ from omegaconf import DictConfig
 
 from luna.cli import entry_point
 from luna.config import CONF_DIR
+from luna.validation import validate
 from luna.evaluation.evaluate import run_evaluation
 
 log = logging.getLogger("luna.eval")
@@ -26,6 +27,7 @@ log = logging.getLogger("luna.eval")
 @entry_point
 def main(cfg: DictConfig) -> None:
     out_dir = Path(HydraConfig.get().runtime.output_dir)
+    validate(cfg)  # every cross-field rule, before anything is built
     report = run_evaluation(cfg, out_dir)
     log.info(
         "%d files (%d failed), %.0f bps, %.4g tokens/s: mel_l1=%s si_sdr=%s stoi=%s pesq_wb=%s "

@@ -13,13 +13,12 @@ import hydra
 import torch
 from omegaconf import DictConfig
 
-import luna.serving.config  # noqa: F401 - registers serve_schema before Hydra composes
 from luna.cli import entry_point
 from luna.config import CONF_DIR
 from luna.devices import resolve_device
-from luna.models.tokenizer import SpeechTokenizer
-from luna.serving.config import validate_serve
+from luna.models.load import load_tokenizer
 from luna.serving.server import Server
+from luna.validation import validate
 
 log = logging.getLogger("luna.serve")
 
@@ -27,11 +26,11 @@ log = logging.getLogger("luna.serve")
 @hydra.main(config_path=str(CONF_DIR), config_name="serve", version_base="1.3")
 @entry_point
 def main(cfg: DictConfig) -> None:
-    validate_serve(cfg)
+    validate(cfg)  # every cross-field rule (port range, queue sizes, rates, checkpoint, device), before anything
     if cfg.threads is not None:
         torch.set_num_threads(int(cfg.threads))
     device = resolve_device(cfg.device)
-    tok = SpeechTokenizer.from_checkpoint(cfg.checkpoint, map_location=device)  # weights_only=True
+    tok = load_tokenizer(cfg.checkpoint, device)  # weights_only=True; eval mode
 
     def ready(host: str, port: int) -> None:
         log.info("serving %s (%.4g tokens/s, %d x %d codes) on ws://%s:%d", cfg.checkpoint, tok.frame_rate,

@@ -14,6 +14,7 @@ from omegaconf import DictConfig
 
 from luna.cli import entry_point
 from luna.config import CONF_DIR
+from luna.validation import validate
 
 log = logging.getLogger("luna.tokenize")
 
@@ -23,6 +24,7 @@ log = logging.getLogger("luna.tokenize")
 def main(cfg: DictConfig) -> None:
     from luna.tokens.writer import FAILED_FILE, export  # heavy imports after Hydra parsed the CLI
 
+    validate(cfg)  # every cross-field rule, before anything is built
     summary = export(cfg)
     if summary is not None:
         log.info(

@@ -8,7 +8,8 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from luna.cli import entry_point
-from luna.config import CONF_DIR, validate
+from luna.config import CONF_DIR
+from luna.validation import validate
 
 log = logging.getLogger("luna.train")
 

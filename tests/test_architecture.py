@@ -55,8 +55,8 @@ def _imports(path: Path, name: str, modules: Set[str]) -> Set[str]:
             base = node.module or ""
             if node.level:
                 base = ".".join(package.split(".")[: len(package.split(".")) - node.level + 1] + ([base] if base else []))
-            found.add(base)
-            found |= {f"{base}.{a.name}" for a in node.names}  # `from luna.x import submodule`
+            submodules = {f"{base}.{a.name}" for a in node.names} & modules  # `from luna.x import submodule`
+            found |= submodules if len(submodules) == len(node.names) else submodules | {base}
     return {m for m in found if m in modules and m != name}
 
 

@@ -5,7 +5,8 @@ import pytest
 from hydra.errors import ConfigCompositionException
 from omegaconf.errors import ConfigKeyError, ValidationError
 
-from luna.config import CONF_DIR, ConfigError, validate
+from luna.config import CONF_DIR, ConfigError
+from luna.validation import validate
 from tests.conftest import compose_train
 
 GROUPS = ["model", "data", "optimizer", "logger", "hardware", "vocoder", "experiment"]
@@ -104,3 +105,40 @@ def test_cli_rejects_invalid_config_before_compute(tmp_path):
     assert r.returncode == 2
     assert "model.codebook_size" in r.stderr
     assert not (tmp_path / "checkpoints").exists()
+
+
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="checks the machine without CUDA")
+@pytest.mark.parametrize("entry,args", [
+    ("luna.train", ["hardware.device=cuda", "model=tiny", "vocoder=griffinlim"]),
+    ("luna.eval", ["device=cuda", "input=x.wav"]),
+])
+def test_cuda_without_cuda_is_a_user_error_not_a_traceback(tmp_path, entry, args):
+    """One error policy: every entry point turns a LunaError into one line on stderr and exit code 2."""
+    import subprocess
+    import sys
+
+    from luna.models.tokenizer import SpeechTokenizer
+
+    ckpt = tmp_path / "tok.pt"
+    SpeechTokenizer.from_config(compose_train(["model=tiny", "vocoder=griffinlim"])).save_checkpoint(ckpt)
+    extra = [f"checkpoint={ckpt}"] if entry == "luna.eval" else []
+    r = subprocess.run([sys.executable, "-m", entry, *args, *extra, f"hydra.run.dir={tmp_path / 'run'}"],
+                       capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert r.returncode == 2, r.stderr[-2000:]
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and "device=cuda" in lines[0], r.stderr
+    assert "Traceback" not in r.stderr and not (tmp_path / "run" / "checkpoints").exists()
+
+
+def test_the_error_policy_is_one_base_class():
+    """Every user error luna raises is a LunaError (what @entry_point turns into exit 2)."""
+    import luna.errors as errors
+
+    kinds = [v for v in vars(errors).values() if isinstance(v, type) and issubclass(v, Exception)]
+    assert len(kinds) >= 9 and all(issubclass(k, errors.LunaError) for k in kinds)
+    from luna.config import ConfigError
+    from luna.data.librispeech import DataError
+    from luna.serialization import CheckpointError
+    from luna.tokens import TokensError
+
+    assert {ConfigError, DataError, CheckpointError, TokensError} <= set(kinds)

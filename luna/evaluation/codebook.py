@@ -9,7 +9,7 @@ from typing import Dict, List, Optional
 
 import torch
 
-from luna.models.quantizer import usage_stats
+from luna.models.codebook import usage_stats
 
 
 def code_histogram(codes: torch.Tensor, codebook_size: int) -> torch.Tensor:

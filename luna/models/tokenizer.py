@@ -18,8 +18,9 @@ from torch import nn
 
 from luna.version import __version__
 from luna.audio import resample, to_mono
-from luna.config import (ConfigError, MelConfig, ModelConfig, Rate, VocoderConfig, check_mel_compatible, model_rate, plain,
-                         typed, validate_mel, validate_model)
+from luna.config import ConfigError, MelConfig, ModelConfig, VocoderConfig, check_mel_compatible, plain, typed
+from luna.validation import validate_mel, validate_model
+from luna.rate import Rate, model_rate
 from luna.features import MelSpectrogram, mel_mismatches
 from luna.models.causal import CausalDecoder, CausalEncoder
 from luna.models.codec import Decoder, Encoder

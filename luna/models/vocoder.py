@@ -17,7 +17,8 @@ import torch
 import torchaudio
 from torch import nn
 
-from luna.config import ConfigError, MelConfig, check_mel_compatible, validate_mel
+from luna.config import ConfigError, MelConfig, check_mel_compatible
+from luna.validation import validate_mel
 from luna.features import mel_config
 from luna.models.hifigan import HiFiGANGenerator, as_plain_dict, freeze, hifigan_generator_config
 from luna.models.hifigan_official import (

@@ -1,6 +1,6 @@
 """``python -m luna.serve``: a WebSocket server for a luna tokenizer (protocol: README "Serving (WebSocket)").
 
-One concept per module: :mod:`~luna.serving.config` (the typed ``serve`` config), :mod:`~luna.serving.protocol`
+One concept per module (the typed config is :class:`luna.config.ServeConfig`): :mod:`~luna.serving.protocol`
 (message schema and validation), :mod:`~luna.serving.session` (per-utterance model state),
 :mod:`~luna.serving.server` (the asyncio server, per-connection queues, the compute thread).
 """

@@ -29,7 +29,7 @@ log = logging.getLogger("luna.serve")
 
 
 class Server:
-    """One tokenizer behind a WebSocket; ``cfg`` is a :class:`~luna.serving.config.ServeConfig` (or alike)."""
+    """One tokenizer behind a WebSocket; ``cfg`` is a :class:`~luna.config.ServeConfig` (or alike)."""
 
     def __init__(self, tok, cfg: Any):
         self.tok = tok.eval()

@@ -56,7 +56,7 @@ def export(cfg: DictConfig) -> Optional[Dict[str, Any]]:
     """Run this process's share of the export; rank 0 returns the codec.json summary, other ranks None."""
     import torch
 
-    from luna.training import distributed
+    from luna import distributed
 
     if OmegaConf.is_missing(cfg, "checkpoint"):
         raise ConfigError("checkpoint: missing; set checkpoint=PATH (a tokenizer or trainer checkpoint)")
@@ -83,7 +83,7 @@ def export(cfg: DictConfig) -> Optional[Dict[str, Any]]:
 def _export(cfg: DictConfig, env: Any, out: Path) -> Optional[Dict[str, Any]]:
     from luna.data import prepare
     from luna.models.load import load_tokenizer
-    from luna.training import distributed
+    from luna import distributed
 
     t0 = time.time()
     checkpoint = Path(to_absolute_path(str(cfg.checkpoint)))

@@ -22,7 +22,7 @@ import torch
 
 from luna.training.discriminators import MultiPeriodDiscriminator, MultiScaleDiscriminator
 from luna.training.gan_losses import discriminator_loss, feature_loss, generator_loss
-from luna.training.distributed import DistEnv, all_finite, wrap
+from luna.distributed import DistEnv, all_finite, wrap
 from luna.training.schedule import adamw
 
 MPD_CHANNELS = (32, 128, 512, 1024, 1024)

@@ -15,7 +15,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from luna.config import to_container
-from luna.training import distributed
+from luna import distributed
 from luna.training.loggers import sweep_group
 
 def _configure_threads(cfg: DictConfig, env: distributed.DistEnv) -> None:

@@ -29,7 +29,7 @@ from luna.config import ConfigError, plain
 from luna.data import SKIPPED_FILE, build_datasets, make_loader, prepare, write_skipped
 from luna.errors import TrainingError
 from luna.serialization import write_json
-from luna.training import distributed
+from luna import distributed
 from luna.training.checkpoint import CheckpointManager, rng_state, set_rng_state
 from luna.training.loggers import build_trackers
 from luna.training.preemption import PreemptionWatch

@@ -8,7 +8,8 @@ from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 from omegaconf.errors import MissingMandatoryValue
 
-from luna.config import CONF_DIR, DataConfig, validate
+from luna.config import CONF_DIR, DataConfig
+from luna.validation import validate
 
 OFFICIAL_MD5 = {
     "train-clean-100.tar.gz": "2a93770f6d5c6c964bc36631d331a522",

@@ -6,7 +6,8 @@ import math
 import pytest
 import torch
 
-from luna.models.quantizer import EMACodebook, ResidualVectorQuantizer, usage_stats
+from luna.models.codebook import EMACodebook, usage_stats
+from luna.models.quantizer import ResidualVectorQuantizer
 
 
 def blobs(centers: torch.Tensor, per: int, std: float, seed: int = 0) -> torch.Tensor:

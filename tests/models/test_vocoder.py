@@ -16,7 +16,8 @@ from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
 from luna import audio, pretrained
-from luna.config import CONF_DIR, ConfigError, MelConfig, check_mel_compatible, validate
+from luna.config import CONF_DIR, ConfigError, MelConfig, check_mel_compatible
+from luna.validation import validate
 from tests.paths import ROOT
 from luna.evaluation import metrics
 from luna.features import MelSpectrogram, mel_config

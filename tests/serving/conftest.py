@@ -20,7 +20,7 @@ import torch
 from luna import audio as audio_io
 from luna.config import ModelConfig
 from luna.models.tokenizer import SpeechTokenizer
-from luna.serving.config import ServeConfig
+from luna.config import ServeConfig
 from luna.serving.server import Server
 from tests.conftest import compose_train
 from tests.paths import ROOT

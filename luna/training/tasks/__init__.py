@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from luna.training.distributed import DistEnv
+from luna.distributed import DistEnv
 
 
 def build_task(cfg: Any, env: DistEnv) -> Any:

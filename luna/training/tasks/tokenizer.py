@@ -8,7 +8,7 @@ import torch
 
 from luna.losses import MelLoss
 from luna.models.tokenizer import SpeechTokenizer, TokenizerOutput
-from luna.training.distributed import DistEnv, wrap
+from luna.distributed import DistEnv, wrap
 from luna.training.health import CodebookMonitor
 from luna.training.loggers import log_mel_pairs
 from luna.training.schedule import adamw

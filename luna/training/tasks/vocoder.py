@@ -25,7 +25,7 @@ from luna.models.tokenizer import CheckpointError, SpeechTokenizer
 from luna.models.hifigan import HiFiGANGenerator, hifigan_generator_config
 from luna.models.hifigan_official import generator_for_training
 from luna.training.adversary import Adversary
-from luna.training.distributed import DistEnv, wrap
+from luna.distributed import DistEnv, wrap
 from luna.training.loggers import log_mel_pairs
 from luna.training.schedule import adamw
 
