@@ -84,6 +84,7 @@ def run(quick: bool = False, smoke: bool = False) -> List[Dict[str, Any]]:
                     rows.append({"preset": preset, "pipeline": "+decoder+hifigan_universal" if vocoder else "tokenizer",
                                  "chunk_ms": ms, "threads": CPU_THREADS, "audio_s": seconds,
                                  "algorithmic_latency_ms": tok.latency_ms + lookahead, **m})
+                    print(table(rows[-1:]).splitlines()[-1], flush=True)  # progress: one line per row
     return rows
 
 
