@@ -328,8 +328,8 @@ class SpeechTokenizer(nn.Module):
 
         return StreamingEncoder(self, self.sample_rate if sample_rate is None else sample_rate)
 
-    def stream_decoder(self, vocoder: Any = None) -> Any:
+    def stream_decoder(self, vocoder: Any = None, lookahead: Optional[int] = None) -> Any:
         """A :class:`luna.streaming.StreamingDecoder`: ``push(codes) → audio``, ``push_mel``, ``flush()``."""
         from luna.streaming import StreamingDecoder
 
-        return StreamingDecoder(self, vocoder)
+        return StreamingDecoder(self, vocoder, lookahead)

@@ -136,7 +136,8 @@ def test_missing_and_mismatched_checkpoints_are_one_clear_error(tiny, tmp_path):
     "preset,rate,tps,bps",
     [("rvq8", 22050, 22050 / 512, 22050 / 512 * 80), ("rvq8_256", 22050, 22050 / 512, 22050 / 512 * 80),
      ("rvq4", 22050, 22050 / 512, 22050 / 512 * 40), ("rvq8_12hz", 22050, 22050 / 2048, 22050 / 2048 * 80),
-     ("rvq8_24k", 24000, 50.0, 4000.0), ("tiny", 16000, 50.0, 500.0)],
+     ("rvq8_24k", 24000, 50.0, 4000.0), ("tiny", 16000, 50.0, 500.0),
+     ("rvq8_causal", 22050, 22050 / 512, 22050 / 512 * 80), ("rvq8_12hz_causal", 22050, 22050 / 2048, 22050 / 2048 * 80)],
 )
 def test_rate_table(preset, rate, tps, bps):
     universal = preset not in ("rvq8_24k", "tiny")  # the default vocoder's convention; the others pair with Griffin-Lim
@@ -144,6 +145,7 @@ def test_rate_table(preset, rate, tps, bps):
     tok = SpeechTokenizer.from_config(cfg)
     assert (tok.sample_rate, tok.frame_rate, tok.bitrate) == (rate, pytest.approx(tps), pytest.approx(bps))
     assert SpeechTokenizer.from_config(cfg.model).bitrate == pytest.approx(bps)  # the model node alone works too
+    assert tok.latency_ms == (pytest.approx(1000 / tps) if preset.endswith("_causal") else math.inf)  # one token
 
 
 def test_forward_returns_what_the_net_computed_and_the_objective_weights_it(tiny):
