@@ -305,8 +305,18 @@ class SpeechTokenizer(nn.Module):
 
     @torch.no_grad()
     def vocode(self, mel: torch.Tensor) -> torch.Tensor:
-        """log-mel ``[B, n_mels, T]`` → audio ``[B, T × hop]`` with the configured vocoder."""
-        return self.vocoder(mel.to(self.device))
+        """log-mel ``[B, n_mels, T]`` → audio ``[B, T × hop]`` with the configured vocoder, aligned with the input
+        (a causal model's frames sit :attr:`frame_offset` samples early: the audio is advanced by as much)."""
+        audio = self.vocoder(mel.to(self.device))
+        k = self.frame_offset
+        return F.pad(audio[..., k:], (0, k)) if k else audio
+
+    @property
+    def frame_offset(self) -> int:
+        """Samples by which a mel frame's window centre precedes the centred convention vocoders are trained on:
+        ``(n_fft - hop) / 2`` for a causal model (left padding only), 0 otherwise."""
+        mel = self.config.mel
+        return (mel.n_fft - mel.hop_length) // 2 if self.config.causal else 0
 
     @torch.no_grad()
     def detokenize(self, codes: torch.Tensor) -> torch.Tensor:

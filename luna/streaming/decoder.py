@@ -34,6 +34,7 @@ class StreamingDecoder:
         dim = self.tok.quantizer.layers[0].codebook.shape[-1]
         self.history = torch.zeros(1, dim, d.context, device=self.tok.device)  # [1, D, context] past latents
         self.last_mel: Optional[torch.Tensor] = None
+        self.skip = self.tok.frame_offset  # samples still to drop: the alignment ``detokenize`` applies
         if self.vocoder is not None:
             self.vocoder.reset()
 
@@ -52,13 +53,23 @@ class StreamingDecoder:
 
     def push(self, codes: torch.Tensor) -> torch.Tensor:
         """codes ``[1, n, t]`` → the audio ``[1, samples]`` that became final (the vocoder's lookahead lags)."""
-        return self._vocoder().push(self.push_mel(codes))
+        return self._aligned(self._vocoder().push(self.push_mel(codes)))
 
     def flush(self) -> torch.Tensor:
-        """The remaining audio; then ready for a new stream."""
-        out = self._vocoder().flush() if self.vocoder is not None else None
+        """The remaining audio (ending with the ``frame_offset`` zeros ``detokenize`` ends with); then ready for a
+        new stream."""
+        out = None
+        if self.vocoder is not None:
+            out = self._aligned(self.vocoder.flush())
+            out = torch.cat([out, out.new_zeros(1, self.tok.frame_offset)], dim=-1)
         self.reset()
         return out
+
+    def _aligned(self, audio: torch.Tensor) -> torch.Tensor:
+        """Drop the stream's first ``frame_offset`` samples (causal frames sit that early; see ``tok.vocode``)."""
+        k = min(self.skip, audio.shape[-1])
+        self.skip -= k
+        return audio[..., k:]
 
     def _vocoder(self) -> StreamingVocoder:
         if self.vocoder is None:
