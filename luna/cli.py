@@ -23,7 +23,8 @@ log = logging.getLogger("luna")
 def fail(e: BaseException) -> None:
     """Report a user error the one way luna does, then exit 2."""
     msg = one_line(e)
-    log.error("%s", msg)
+    if logging.getLogger().handlers:  # Hydra's log file and console; without handlers logging would print it twice
+        log.error("%s", msg)
     print(f"error: {msg}", file=sys.stderr, flush=True)
     sys.exit(USER_ERROR)
 

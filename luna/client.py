@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import sys
 import time
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Tuple
@@ -18,7 +17,8 @@ import numpy as np
 import torch
 from websockets.asyncio.client import connect
 
-from luna.errors import ServerError
+from luna.cli import entry_point
+from luna.errors import ConfigError, ServerError, one_line
 from luna.serving.protocol import encode_pcm, parse_audio_frame
 
 
@@ -108,10 +108,9 @@ def tokenize_turn(url: str, audio: Any, sample_rate: int, audio_out: bool = True
     return r.codes, r.audio
 
 
+@entry_point
 def main(argv: Optional[List[str]] = None) -> None:
     from luna import audio as audio_io
-    from luna.cli import USER_ERROR
-    from luna.errors import LunaError, one_line
 
     p = argparse.ArgumentParser(prog="python -m luna.client", description="Tokenize a file on a luna server.")
     p.add_argument("url")
@@ -120,12 +119,11 @@ def main(argv: Optional[List[str]] = None) -> None:
     p.add_argument("--audio", action="store_true", help="also receive the reconstruction")
     p.add_argument("--chunk-ms", type=float, default=40.0)
     a = p.parse_args(argv)
+    wav, sr = audio_io.load(a.file)
     try:
-        wav, sr = audio_io.load(a.file)
         r = asyncio.run(stream_async(a.url, wav, sr, mode="turn" if a.turn else "stream", chunk_ms=a.chunk_ms, audio_out=a.audio))
-    except (LunaError, OSError) as e:  # one line, exit 2 (a refused connection is an OSError)
-        print(f"error: {one_line(e)}", file=sys.stderr)
-        sys.exit(USER_ERROR)
+    except OSError as e:  # a refused connection: a user error like the others (one line, exit 2)
+        raise ConfigError(f"{a.url}: cannot connect ({one_line(e)})") from None
     print(f"{r.codes.shape[-1]} frames x {r.codes.shape[1]} quantizers ({r.ready['frame_rate']:.4g} tokens/s)")
     print("first codes:", r.codes[0, :, :8].tolist())
     if r.latencies:

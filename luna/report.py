@@ -14,7 +14,8 @@ import sys
 from pathlib import Path
 from typing import List, Optional
 
-from luna.errors import LunaError, one_line
+from luna.cli import entry_point
+from luna.errors import DataError, LunaError, one_line
 from luna.evaluation.evaluate import DEV_CLEAN
 from luna.evaluation.sweep import summarize_sweep, sweep_table, write_sweep_report
 
@@ -51,6 +52,7 @@ def _evaluate_runs(rows: List[dict], max_files: Optional[int], device: str, voco
             row[key] = report.get(key)
 
 
+@entry_point
 def main(argv: Optional[List[str]] = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m luna.report", description=__doc__.splitlines()[0])
     parser.add_argument("sweep_dir", type=Path, help="a Hydra multirun dir (holds one dir per job)")
@@ -61,23 +63,16 @@ def main(argv: Optional[List[str]] = None) -> int:
                         help="with --eval: a conf/vocoder preset (default: conf/eval.yaml's); griffinlim fits any model")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="[%(name)s][%(levelname)s] %(message)s")
-    logging.captureWarnings(True)
 
     if not args.sweep_dir.is_dir():
-        print(f"error: {args.sweep_dir}: no such directory", file=sys.stderr)
-        return 2
+        raise DataError(f"{args.sweep_dir}: no such directory")
     rows = summarize_sweep(args.sweep_dir)
     if not rows:
-        print(f"error: {args.sweep_dir}: no run dirs (.hydra/config.yaml with a model node) found", file=sys.stderr)
-        return 2
+        raise DataError(f"{args.sweep_dir}: no run dirs (.hydra/config.yaml with a model node) found")
     if args.eval:
         from luna.devices import resolve_device
 
-        try:
-            resolve_device(args.device, "--device")
-        except LunaError as e:
-            print(f"error: {one_line(e)}", file=sys.stderr)
-            return 2
+        resolve_device(args.device, "--device")  # before any run is evaluated
         _evaluate_runs(rows, args.max_files, args.device, args.vocoder)
     paths = write_sweep_report(args.sweep_dir, rows)
     print(sweep_table(rows))

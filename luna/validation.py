@@ -12,6 +12,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from luna.config import MelConfig, mel_mismatches
 from luna.errors import ConfigError
+from luna.rate import model_rate
 
 
 def _fail(key: str, msg: str) -> None:
@@ -157,7 +158,8 @@ def validate(cfg: DictConfig) -> None:
         resolve_device(cfg.device, "device")
     if "data" in cfg and has_model:
         m = cfg.model
-        token_seconds = m.mel.hop_length * m.encoder_stride / m.mel.sample_rate
+        rate = model_rate(m)
+        token_seconds = rate.samples_per_token / rate.sample_rate
         if cfg.data.segment_seconds <= token_seconds:
             _fail("data.segment_seconds", f"must be longer than one token ({token_seconds:.4f} s), got {cfg.data.segment_seconds}")
     if "optimizer" in cfg and (len(cfg.optimizer.betas) != 2 or not all(0 <= b < 1 for b in cfg.optimizer.betas)):

@@ -26,7 +26,7 @@ from luna.evaluation.markdown import METRIC_KEYS, PIPELINE_METRICS, eval_markdow
 from luna.evaluation.metrics import compute_all, mel_l1, mel_l1_from_mels, pesq_wb, stoi
 from luna.serialization import write_json
 
-__all__ = ["DEV_CLEAN", "EvalError", "bitrate_bps", "find_audio_files", "run_evaluation",
+__all__ = ["DEV_CLEAN", "EvalError", "find_audio_files", "run_evaluation",
            "write_eval_report"]
 
 log = logging.getLogger(__name__)
@@ -35,11 +35,6 @@ PathLike = Union[str, Path]
 
 #: the bundled corpus' held-out readers (LibriSpeech dev-clean): what `make demo` and ``luna.report --eval`` evaluate on
 DEV_CLEAN = BUNDLED / "dev-clean"
-
-
-def bitrate_bps(num_quantizers: float, codebook_size: float, tokens_per_second: float) -> float:
-    """Bits per second of an RVQ token stream: N · log2(K) · tokens/s."""
-    return float(num_quantizers) * math.log2(float(codebook_size)) * float(tokens_per_second)
 
 
 def mean(xs: List[Optional[float]]) -> Optional[float]:
@@ -242,7 +237,7 @@ def run_evaluation(cfg: DictConfig, out_dir: PathLike) -> Dict[str, Any]:
     )
     if ev.get("quantizer_sweep", False):
         report["quantizer_sweep"] = [
-            {"num_quantizers": q, "bitrate_bps": bitrate_bps(q, k, tok.frame_rate), "mel_l1": mean([s[q - 1] for s in sweeps])}
+            {"num_quantizers": q, "bitrate_bps": tok.rate.at(q).bitrate, "mel_l1": mean([s[q - 1] for s in sweeps])}
             for q in range(1, tok.num_quantizers + 1)
         ]
     report["per_file"] = per_file

@@ -11,9 +11,10 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 from omegaconf import DictConfig, OmegaConf
 
 from luna.errors import one_line
-from luna.evaluation.evaluate import bitrate_bps, mean
+from luna.evaluation.evaluate import mean
 from luna.evaluation.figures import plot_rate_distortion
 from luna.evaluation.markdown import fmt, fmt_duration, markdown_table
+from luna.rate import Rate
 
 __all__ = ["find_runs", "read_run", "summarize_sweep", "sweep_table", "write_sweep_report"]
 
@@ -60,12 +61,11 @@ def read_run(run_dir: PathLike, sweep_dir: Optional[PathLike] = None) -> Dict[st
         "hop_length": _select(cfg, "model.mel.hop_length"),
         "encoder_stride": _select(cfg, "model.encoder_stride"),
     }
-    sr, hop, stride = (_number(row[k]) for k in ("sample_rate", "hop_length", "encoder_stride"))
-    row["tokens_per_second"] = sr / (hop * stride) if sr and hop and stride else None
-    k, n = _number(row["codebook_size"]), _number(row["num_quantizers"])
-    row["bitrate_bps"] = (
-        bitrate_bps(n, k, row["tokens_per_second"]) if n and k and k >= 2 and row["tokens_per_second"] else None
-    )
+    sr, hop, stride, k, n = (_number(row[key]) for key in ("sample_rate", "hop_length", "encoder_stride",
+                                                         "codebook_size", "num_quantizers"))
+    rate = Rate(int(sr), int(hop * stride), int(n or 1), int(k)) if sr and hop and stride and k and k >= 2 else None
+    row["tokens_per_second"] = rate.tokens_per_second if rate else None
+    row["bitrate_bps"] = rate.bitrate if rate and n else None
     metrics: Dict[str, Any] = {}
     mpath = run_dir / "metrics.json"
     if mpath.is_file():

@@ -25,7 +25,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import math
 import os
 import time
 from collections import deque
@@ -306,7 +305,7 @@ def _merge(out: Path, num_shards: int, index_failed: Sequence[Tuple[str, str]], 
         "samples_per_token": tok.samples_per_token,
         "num_quantizers": n,
         "codebook_size": tok.codebook_size,
-        "bitrate": tok.frame_rate * n * math.log2(tok.codebook_size),  # bits/s of the exported streams
+        "bitrate": tok.rate.at(n).bitrate,  # bits/s of the exported streams
         "num_utterances": len(rows),
         "num_failed": len(failed),
         "num_shards": num_shards,

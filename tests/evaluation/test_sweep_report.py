@@ -10,8 +10,9 @@ import torch
 from omegaconf import OmegaConf
 
 from luna import report as report_cli
-from luna.evaluation.evaluate import bitrate_bps, find_audio_files, write_eval_report
+from luna.evaluation.evaluate import find_audio_files, write_eval_report
 from luna.evaluation.sweep import read_run, summarize_sweep
+from luna.rate import Rate
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -59,8 +60,9 @@ def sweep(tmp_path) -> Path:
 
 
 def test_bitrate_formula():
-    # rvq8 default: 24 kHz / (240 · 2) = 50 tokens/s; 8 · log2(1024) · 50 = 4000 bps
-    assert bitrate_bps(8, 1024, 24000 / (240 * 2)) == 4000.0
+    # rvq8_24k: 24 kHz / (240 · 2) = 50 tokens/s; 8 · log2(1024) · 50 = 4000 bps; the first 2 streams: 1000
+    rate = Rate(24000, 240 * 2, 8, 1024)
+    assert (rate.tokens_per_second, rate.bitrate, rate.at(2).bitrate) == (50.0, 4000.0, 1000.0)
 
 
 def test_summary_rows_and_missing_keys(sweep):
@@ -106,9 +108,13 @@ def test_report_tolerates_broken_runs(tmp_path, capsys):
     assert read_run(run)["bitrate_bps"] == 4 * 9 * 50
     assert report_cli.main([str(root)]) == 0
     assert_png(root / "rate_distortion.png")  # no plottable point: still a valid figure
-    assert report_cli.main([str(tmp_path / "missing")]) == 2
+    with pytest.raises(SystemExit) as e:  # the one error policy: a user error is exit code 2
+        report_cli.main([str(tmp_path / "missing")])
+    assert e.value.code == 2
     (tmp_path / "empty").mkdir()
-    assert report_cli.main([str(tmp_path / "empty")]) == 2  # no runs inside
+    with pytest.raises(SystemExit) as e:
+        report_cli.main([str(tmp_path / "empty")])  # no runs inside
+    assert e.value.code == 2
     assert capsys.readouterr().err.count("error:") == 2
 
 

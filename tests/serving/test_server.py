@@ -8,7 +8,9 @@ import socket
 import subprocess
 import sys
 
+import numpy as np
 import pytest
+import soundfile as sf
 import torch
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
@@ -111,3 +113,18 @@ def test_readme_client_example_runs(server_url):
     r = subprocess.run([sys.executable, "-c", block], cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr[-3000:]
     assert re.search(r"\d+ frames", r.stdout), r.stdout
+
+
+def test_client_cli_user_errors_are_one_line(tmp_path):
+    """``python -m luna.client``: a refused connection and an unreadable file are one line each, exit 2."""
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    wav = tmp_path / "x.wav"
+    sf.write(wav, np.zeros(1600, dtype=np.float32), 16000)
+    bad = tmp_path / "bad.wav"
+    bad.write_bytes(b"not audio")
+    for target, named in ((wav, f"ws://127.0.0.1:{port}"), (bad, str(bad))):
+        r = subprocess.run([sys.executable, "-m", "luna.client", f"ws://127.0.0.1:{port}", str(target)], env=ENV,
+                           capture_output=True, text=True, timeout=60)
+        assert r.returncode == 2 and r.stderr.count("\n") == 1 and r.stderr.startswith("error: ") and named in r.stderr, r.stderr
