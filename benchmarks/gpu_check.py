@@ -377,8 +377,8 @@ def section_correctness(sec: Section) -> None:
         sec.add(f"{precision}: loss going down", round(last / first, 4), "last/first third", ok=finite and last < first,
                 note=f"mean of the first third {first:.4f} -> last third {last:.4f}")
         qtypes, mtypes = sorted(t.p_dtypes["quantizer"]), sorted(t.p_dtypes["mel"])
-        buffers = sorted({str(b.dtype).replace("torch.", "") for b in t.model.quantizer.buffers() if b.is_floating_point()})
-        stats = t.model.quantizer.stats()
+        buffers = sorted({str(b.dtype).replace("torch.", "") for b in t.task.model.quantizer.buffers() if b.is_floating_point()})
+        stats = t.task.model.quantizer.stats()
         finite_stats = all(math.isfinite(float(s[k])) for s in stats for k in ("usage", "perplexity"))
         usage = ", ".join(f"{s['usage']:.0%}" for s in stats)
         sec.add(f"{precision}: quantizer in fp32", ", ".join(qtypes), ok=qtypes == ["float32"] and buffers == ["float32"]
@@ -397,12 +397,12 @@ def section_correctness(sec: Section) -> None:
                 warnings.simplefilter("always")
                 a = train("fp32", "fp32")
                 judge("fp32", a)
-                final_a = {k: v.detach().cpu().clone() for k, v in a.model.state_dict().items()}
+                final_a = {k: v.detach().cpu().clone() for k, v in a.task.model.state_dict().items()}
                 del a
                 _free()
                 train("fp32", "resumed", stop_at=half)
                 b = train("fp32", "resumed", resume="auto")
-                final_b = {k: v.detach().cpu() for k, v in b.model.state_dict().items()}
+                final_b = {k: v.detach().cpu() for k, v in b.task.model.state_dict().items()}
                 tail_b, tail_a = b.losses(), losses["fp32"][half:]
                 del b
         finally:
