@@ -199,3 +199,18 @@ def test_save_pretrained_carries_a_hifigan_vocoder(tiny, tmp_path):
     assert torch.allclose(again.detokenize(codes), audio, atol=1e-6)
     with pytest.raises(CheckpointError):
         SpeechTokenizer.from_pretrained(tmp_path / "missing")
+
+
+def test_a_checkpoint_from_before_the_loss_node_moved_still_loads(tiny, tmp_path):
+    """Checkpoints written before issue 14 keep the loss weights in their model config (``model.loss``)."""
+    path = tmp_path / "old.pt"
+    tiny.save_checkpoint(path)
+    state = torch.load(path, weights_only=True)
+    state["config"]["model"]["loss"] = {"mel_l1": 1.0, "mel_mse": 0.5, "commitment": 0.25, "multiscale_mel": 0.0}
+    torch.save(state, path)
+    x = torch.randn(1, 4000) * 0.1
+    assert torch.equal(SpeechTokenizer.from_checkpoint(path).tokenize(x, tiny.sample_rate), tiny.tokenize(x, tiny.sample_rate))
+    state["config"]["model"]["not_a_key"] = 1  # anything else unknown is still refused
+    torch.save(state, path)
+    with pytest.raises(CheckpointError, match="not_a_key"):
+        SpeechTokenizer.from_checkpoint(path)
