@@ -69,6 +69,7 @@ class SpeechTokenizer(nn.Module):
         vocoder_cfg = _vocoder_node(vocoder, model_cfg)
         check_mel_compatible(model_cfg.mel, vocoder_cfg.mel)
         self.config = model_cfg
+        self._rate = model_rate(model_cfg)  # the config is fixed from here on
         self.vocoder_config = vocoder_cfg
         m = model_cfg
         dim = m.codebook_dim or m.hidden
@@ -196,7 +197,7 @@ class SpeechTokenizer(nn.Module):
     @property
     def rate(self) -> Rate:
         """The token clock (samples per token, tokens/s, bits/s), derived once from the model config."""
-        return model_rate(self.config)
+        return self._rate
 
     @property
     def sample_rate(self) -> int:
