@@ -243,11 +243,11 @@ class Probe:
         loader = super().loader(epoch, start_batch, train)  # type: ignore[misc]
         return _TimedLoader(loader, self.p_wait) if train else loader
 
-    def optimizer_step(self, lr, loss):
+    def train_step(self, micro_batches, lr):
         import torch
 
-        self.p_loss.append(loss)
-        out = super().optimizer_step(lr, loss)  # type: ignore[misc]
+        out = super().train_step(micro_batches, lr)  # type: ignore[misc]
+        self.p_loss.append(out[0]["loss"] / len(micro_batches))
         if self._p_ev is not None:
             end = torch.cuda.Event(enable_timing=True)
             end.record()
