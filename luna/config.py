@@ -112,7 +112,8 @@ class DataConfig:
     download: bool = False
     base_url: str = "https://www.openslr.org/resources/12"
     md5: Dict[str, str] = field(default_factory=dict)  # archive name -> md5 sum
-    cache_dir: Optional[str] = None  # where manifests go (default: <root>/.luna_manifests)
+    cache_dir: Optional[str] = None  # where manifests go (default: <root>/.luna_manifests); with cache: also <cache_dir>/audio
+    cache: bool = False  # decode + resample every file once into a memory map (luna/data/cache.py); crops slice it
     segment_seconds: float = 1.0
     crops_per_file: int = 1  # training items per file per epoch (each its own random crop)
     val_fraction: float = 0.05
