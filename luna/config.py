@@ -337,4 +337,5 @@ def typed(schema: type, cfg: Any) -> DictConfig:
     try:
         return OmegaConf.merge(OmegaConf.structured(schema), data)
     except Exception as e:  # omegaconf's ValidationError / ConfigKeyError: one line naming the key
-        raise ConfigError(" ".join(str(e).split("\n")[0].split())) from None
+        message, key = " ".join(str(e).split("\n")[0].split()), getattr(e, "full_key", None)
+        raise ConfigError(f"{key}: {message}" if key and key not in message else message) from None
