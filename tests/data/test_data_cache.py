@@ -7,6 +7,7 @@ import stat
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -213,7 +214,7 @@ def test_a_killed_build_leaves_no_valid_looking_cache(libri_tree, tmp_path, deco
                          env={**os.environ, "PYTHONPATH": str(ROOT)})
     try:
         while p.poll() is None and not list(audio.glob("*.tmp")):
-            pass  # the samples are being written
+            time.sleep(0.01)  # until the samples are being written
         p.kill()
     finally:
         p.wait()
