@@ -39,6 +39,11 @@ from luna.audio import AudioError, load, resample
 from luna.data.librispeech import DataError
 from luna.data.manifest import Entry
 
+try:
+    import fcntl
+except ImportError:  # not POSIX: no lock (concurrent builders would each build; the last index wins)
+    fcntl = None
+
 log = logging.getLogger("luna.data")
 
 CACHE_VERSION = 1
@@ -112,16 +117,26 @@ def fingerprint(paths: Sequence[str], sample_rate: int) -> str:
 
 def open_cache(entries: Sequence[Entry], sample_rate: int, directory: Path, name: str,
                workers: int = 4) -> AudioCache:
-    """The cache of ``entries`` at ``sample_rate``: loaded if its fingerprint matches, else (re)built."""
-    import fcntl
+    """The cache of ``entries`` at ``sample_rate``: loaded if its fingerprint matches, else (re)built.
 
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
+    Builders take a lock on ``<name>.lock`` first, so concurrent callers (every rank of a job calls this
+    from ``build_datasets``) build once: the others wait for the lock outside any collective, then load.
+    """
     unique = list({e.path: e for e in entries}.values())
     key = fingerprint([e.path for e in unique], sample_rate)
+    directory = Path(directory)
     index_path = directory / f"{name}.json"
-    with open(directory / f"{name}.lock", "a") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes (or the process dies)
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        lock = open(directory / f"{name}.lock", "a")
+    except OSError as e:  # a read-only cache dir: usable if it holds this cache already
+        cache = _load(index_path, key)
+        if cache is None:
+            raise DataError(f"data.cache_dir: cannot write the audio cache in {directory}: {e}") from None
+        return cache
+    with lock:
+        if fcntl is not None:
+            fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes (or the process dies)
         cache = _load(index_path, key)
         if cache is None:
             cache = _build(unique, sample_rate, index_path, key, workers)

@@ -15,7 +15,7 @@ import pytest
 import torch
 
 import luna.data.cache as cache_mod
-from luna.data import build_datasets, make_loader, prepare
+from luna.data import build_datasets, prepare
 from luna.data.cache import cache_root
 from luna.data.manifest import SKIPPED_HEADER
 from tests.paths import ROOT
