@@ -247,11 +247,13 @@ def test_wrong_values_are_rejected_naming_the_key():
 
 
 @pytest.mark.slow
-def test_a_short_training_run_reads_from_the_cache(tmp_path):
+@pytest.mark.parametrize("data", [[], ["data=folder", f"data.root={ROOT}/luna/data/librispeech_mini/dev-clean"]])
+def test_a_short_training_run_reads_from_the_cache(tmp_path, data):
     from tests.training.helpers import metrics, run_train
 
     cache_dir = tmp_path / "cache"
-    run_train(tmp_path / "run", ["data.cache=true", f"data.cache_dir={cache_dir}", "trainer.max_steps=2"])
+    r = run_train(tmp_path / "run", [*data, "data.cache=true", f"data.cache_dir={cache_dir}", "trainer.max_steps=2"])
     assert metrics(tmp_path / "run")["step"] == 2
     assert len(list((cache_dir / "audio").glob("train-*.npy"))) == 1
     assert len(list((cache_dir / "audio").glob("val-*.npy"))) == 1
+    assert "cached" in r.stdout + r.stderr  # the build's log line
