@@ -78,11 +78,13 @@ class AudioCache:
         self.failed: Dict[int, str] = {int(k): v for k, v in index["failed"].items()}
         self.bad = np.zeros(len(self.paths), dtype=bool)
         self.bad[list(self.failed)] = True
-        self._samples: Optional[np.ndarray] = None
+        # mapped now, in the process that builds the datasets: forked DataLoader workers inherit the mapping,
+        # which stays valid even if another job replaces the file meanwhile
+        self._samples: Optional[np.ndarray] = np.load(self.samples_path, mmap_mode="r")
 
     @property
     def samples(self) -> np.ndarray:
-        if self._samples is None:  # opened lazily, per process: a pickled cache never copies the samples
+        if self._samples is None:  # unpickled (spawned worker): map it again; pickling never copies the samples
             self._samples = np.load(self.samples_path, mmap_mode="r")
         return self._samples
 

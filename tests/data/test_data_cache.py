@@ -257,3 +257,13 @@ def test_a_short_training_run_reads_from_the_cache(tmp_path, data):
     assert len(list((cache_dir / "audio").glob("train-*.npy"))) == 1
     assert len(list((cache_dir / "audio").glob("val-*.npy"))) == 1
     assert "cached" in r.stdout + r.stderr  # the build's log line
+
+
+def test_a_pickled_cache_maps_the_samples_again_instead_of_copying_them(libri_tree, tmp_path):
+    import pickle
+
+    train, _, _ = build_datasets(_cfg(libri_tree, tmp_path), SR, seed=0)
+    blob = pickle.dumps(train)  # what a spawned DataLoader worker receives
+    assert len(blob) < train.cache.samples.nbytes / 4
+    again = pickle.loads(blob)
+    assert all(torch.equal(train[i]["audio"], again[i]["audio"]) for i in range(len(train)))
