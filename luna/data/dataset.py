@@ -240,7 +240,8 @@ def prepare(data_cfg: Any, sample_rate: Optional[int] = None) -> ManifestReport:
     ``data.cache`` and a ``sample_rate``, also build (or check) both splits' decoded-audio caches.
 
     Run it on rank 0 (or once per node) before the other ranks call :func:`build_datasets`, so only one
-    process downloads, indexes and decodes.
+    process downloads and indexes. The caches need no ``sample_rate`` here: :func:`build_datasets` builds
+    them under a file lock (one rank decodes, the others wait outside any collective, then load).
     """
     root = ensure_subsets(data_cfg)
     subsets = list(dict.fromkeys([*data_cfg.subsets, *data_cfg.val_subsets]))
