@@ -112,7 +112,8 @@ class DataConfig:
     download: bool = False
     base_url: str = "https://www.openslr.org/resources/12"
     md5: Dict[str, str] = field(default_factory=dict)  # archive name -> md5 sum
-    cache_dir: Optional[str] = None  # where manifests go (default: <root>/.luna_manifests)
+    cache_dir: Optional[str] = None  # where manifests go (default: <root>/.luna_manifests); with cache: also <cache_dir>/audio
+    cache: bool = False  # decode + resample every file once into a memory map (luna/data/cache.py); crops slice it
     segment_seconds: float = 1.0
     crops_per_file: int = 1  # training items per file per epoch (each its own random crop)
     val_fraction: float = 0.05
@@ -336,4 +337,5 @@ def typed(schema: type, cfg: Any) -> DictConfig:
     try:
         return OmegaConf.merge(OmegaConf.structured(schema), data)
     except Exception as e:  # omegaconf's ValidationError / ConfigKeyError: one line naming the key
-        raise ConfigError(" ".join(str(e).split("\n")[0].split())) from None
+        message, key = " ".join(str(e).split("\n")[0].split()), getattr(e, "full_key", None)
+        raise ConfigError(f"{key}: {message}" if key and key not in message else message) from None
