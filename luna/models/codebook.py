@@ -194,6 +194,7 @@ class EMACodebook(nn.Module):
             dist.broadcast(self.cluster_size, 0)
             dist.broadcast(self.embed_sum, 0)
         self.initialized.fill_(True)
+        self._init_value, self._init_key = True, self._key(self.initialized)  # known: no read at the next step
 
     @torch.no_grad()
     def update(self, x: torch.Tensor, codes: torch.Tensor, finite: Optional[torch.Tensor] = None) -> None:
