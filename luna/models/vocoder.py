@@ -101,17 +101,19 @@ class GriffinLimVocoder(Vocoder):
         b, _, t = log_mel.shape
         if t == 0:
             return log_mel.new_zeros(b, 0)
+        dtype = torch.promote_types(self.fb.dtype, torch.float32)  # fp32, or fp64 after the tokenizer's .double()
         with torch.autocast(device_type=log_mel.device.type, enabled=False):
-            x = log_mel.float()
+            x = log_mel.to(dtype)
+            fb, inv_fb, window = self.fb.to(dtype), self.inv_fb.to(dtype), self.window.to(dtype)
             mel = torch.exp(x) if c.log == "ln" else torch.pow(10.0, x)  # [B, n_mels, T] magnitude^power
-            spec = torch.relu(self.inv_fb @ mel).clamp(min=1e-8)  # [B, n_freq, T]; > 0 so updates can move it
-            target = self.fb.T @ mel  # [B, n_freq, T]
+            spec = torch.relu(inv_fb @ mel).clamp(min=1e-8)  # [B, n_freq, T]; > 0 so updates can move it
+            target = fb.T @ mel  # [B, n_freq, T]
             for _ in range(self.nnls_iter):  # multiplicative NNLS updates: min ||fb · S − mel||, S ≥ 0
                 # the floor keeps values out of float32's subnormal range, where CPU arithmetic crawls
-                spec = (spec * target / (self.fb.T @ (self.fb @ spec) + 1e-10)).clamp_min(1e-12)
+                spec = (spec * target / (fb.T @ (fb @ spec) + 1e-10)).clamp_min(1e-12)
             spec = torch.cat([spec[:, :, :1], spec, spec[:, :, -1:]], dim=2)  # [B, n_freq, T + 2]
             audio = torchaudio.functional.griffinlim(
-                spec, self.window, c.n_fft, c.hop_length, c.win_length, c.power, self.n_iter, self.momentum,
+                spec, window, c.n_fft, c.hop_length, c.win_length, c.power, self.n_iter, self.momentum,
                 (t + 1) * c.hop_length, False,
             )  # [B, (T + 1) · hop]; frame j centred at j · hop, so luna frame t (GL frame t + 1) at t · hop + hop/2 + hop/2
             start = c.hop_length // 2

@@ -73,11 +73,11 @@ def test_every_move_of_the_tokenizer_moves_its_vocoder(tok, kind, move):
 
 
 def test_set_vocoder_puts_it_on_the_tokenizer_dtype(tok):
+    codes = tok.tokenize(torch.randn(1, 2000) * 0.1, tok.sample_rate)  # the quantizer searches in fp32
     tok.double()
     vocoder = random_hifigan(tok)  # fp32
     tok.set_vocoder(vocoder)
     assert {t.dtype for t in _vocoder_tensors(vocoder)} == {torch.float64}
-    codes = tok.tokenize(torch.randn(1, 2000) * 0.1, tok.sample_rate)
     assert tok.detokenize(codes).dtype == torch.float64
 
 
@@ -97,8 +97,9 @@ def test_the_vocoder_stays_out_of_the_state_and_the_checkpoint(tok, tmp_path):
 
 
 def test_stream_decoder_uses_the_vocoder_on_the_tokenizer_dtype():
-    tok = causal_tokenizer(["model=tiny"], 16000).double()
-    codes = tok.tokenize(speechlike(0.5, 16000, seed=1), 16000)
+    tok = causal_tokenizer(["model=tiny"], 16000)
+    codes = tok.tokenize(speechlike(0.5, 16000, seed=1), 16000)  # the quantizer searches in fp32
+    tok.double()
     for given in (None, random_hifigan(tok, seed=1)):  # the attached vocoder, then a module passed in (fp32)
         if given is None:
             tok.set_vocoder(random_hifigan(tok, seed=2))
