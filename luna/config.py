@@ -198,6 +198,9 @@ class TrainerConfig:
     # never before max(optimizer.warmup_steps, model.revival_grace_steps, 1/(1-model.ema_decay)) steps)
     alarm_perplexity: float = 2.0  # warn when a quantizer's perplexity falls below this
     deterministic: bool = False
+    compile: bool = False  # torch.compile the networks (mel, encoder, decoder; the vocoder's generator and
+    # discriminators); the quantizer stays eager. Tested on CPU: losses equal eager within 1e-4
+    compile_mode: Optional[str] = None  # torch.compile mode: null (default) | reduce-overhead (CUDA graphs) | max-autotune
     progress: bool = True
 
 
