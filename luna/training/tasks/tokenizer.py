@@ -12,7 +12,7 @@ from luna.distributed import DistEnv, wrap
 from luna.training.health import CodebookMonitor
 from luna.training.loggers import log_mel_pairs
 from luna.training.schedule import adamw
-from luna.training.tasks import compile_nets
+from luna.training.compile import compile_nets
 
 log = logging.getLogger("luna.tasks.tokenizer")
 

@@ -28,7 +28,7 @@ from luna.training.adversary import Adversary
 from luna.distributed import DistEnv, wrap
 from luna.training.loggers import log_mel_pairs
 from luna.training.schedule import adamw
-from luna.training.tasks import compile_nets
+from luna.training.compile import compile_nets
 
 MEL_WEIGHT = 45.0
 
