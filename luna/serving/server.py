@@ -131,6 +131,9 @@ class Connection:
                 except ProtocolError as e:
                     await self.queue.put(("error", e))  # after everything before it
                     return
+                except Exception as e:  # a bug in validation: the processor answers `internal` and logs it
+                    await self.queue.put(("error", e))
+                    return
                 await self.queue.put(item)  # back-pressure: a full queue stops reading this socket
         except ConnectionClosed:
             pass

@@ -80,14 +80,20 @@ def start_server(args: List[str], cwd: Path) -> "tuple[subprocess.Popen, str]":
 
 
 @pytest.fixture(scope="session")
-def server_url(checkpoint, tmp_path_factory) -> Iterator[str]:
-    """The real entry point, port=0, small max_chunk_bytes (64 KiB) so the too-large test stays cheap."""
+def served(checkpoint, tmp_path_factory) -> Iterator["tuple[str, Path]"]:
+    """The real entry point, port=0, small max_chunk_bytes (64 KiB) so the too-large test stays cheap:
+    (url, its log file)."""
     run_dir = tmp_path_factory.mktemp("serve_run")
     proc, url = start_server([f"checkpoint={checkpoint}", "port=0", "threads=1", "max_chunk_bytes=65536",
                               f"hydra.run.dir={run_dir}"], ROOT)
-    yield url
+    yield url, run_dir / "serve.log"
     proc.terminate()
     proc.wait(timeout=30)
+
+
+@pytest.fixture(scope="session")
+def server_url(served) -> str:
+    return served[0]
 
 
 class ThreadServer:
