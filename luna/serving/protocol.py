@@ -7,7 +7,8 @@ audio travels as binary frames: an 8-byte little-endian uint64 (index of the fir
 reconstruction) followed by float32 little-endian samples at the model rate. The table is in the README.
 
 Every violation is a :class:`ProtocolError` with a stable ``code``; the server answers it with
-``{"type": "error", "code", "message"}`` and closes that connection (1008), never the server.
+``{"type": "error", "code", "message"}`` and closes that connection (1008; 1013 when the server is full),
+never the server.
 """
 from __future__ import annotations
 
@@ -24,14 +25,16 @@ FORMATS = {"f32le": np.dtype("<f4"), "s16le": np.dtype("<i2")}  # bytes per samp
 AUDIO_HEADER = struct.Struct("<Q")  # first sample index of a binary audio frame
 CLOSE_POLICY = 1008  # a client that broke the protocol
 CLOSE_INTERNAL = 1011  # the server failed (a bug; logged with its traceback)
+CLOSE_TRY_AGAIN = 1013  # the server is full (max_connections, max_buffered_bytes): try again later
 
 
 class ProtocolError(Exception):
     """A client message the server refuses: ``code`` is stable (README table), ``message`` one line."""
 
-    def __init__(self, code: str, message: str):
+    def __init__(self, code: str, message: str, close: int = CLOSE_POLICY):
         super().__init__(message)
         self.code = code
+        self.close = close  # the close code that follows the JSON error
 
     def to_json(self) -> str:
         return json.dumps({"type": "error", "code": self.code, "message": " ".join(str(self).split())})

@@ -15,16 +15,15 @@ HELLO = {"type": "hello", "mode": "turn", "sample_rate": 16000}
 WRONG = [None, True, 2.5, "x", [], ["f32le"], {"k": 1}]  # every JSON type; lists and dicts are unhashable
 
 
-async def error_and_close(url: str, messages, timeout: float = 10.0) -> "tuple[dict, int]":
+async def error_and_close(url: str, messages, timeout: float = 10.0, **connect_kw) -> "tuple[dict, int]":
     """Send ``messages``; (the one JSON error the server answers, its close code). Fails instead of hanging."""
-    async with asyncio.timeout(timeout):
-        async with connect(url, max_size=None) as ws:
-            for m in messages:
-                await ws.send(m)
-            replies = []
-            with pytest.raises(ConnectionClosed) as closed:
-                while True:
-                    replies.append(await ws.recv())
+    async with connect(url, max_size=None, **connect_kw) as ws:
+        for m in messages:
+            await ws.send(m)
+        replies = []
+        with pytest.raises(ConnectionClosed) as closed:
+            while True:
+                replies.append(await asyncio.wait_for(ws.recv(), timeout))
     errors = [json.loads(r) for r in replies if isinstance(r, str) and json.loads(r)["type"] == "error"]
     assert len(errors) == 1, replies
     return errors[0], closed.value.rcvd.code

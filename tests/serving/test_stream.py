@@ -11,7 +11,7 @@ import torch
 from luna.client import stream_async
 from luna.errors import ServerError
 from luna.serving import server as server_module
-from luna.serving.session import TurnSession
+from luna.serving.session import StreamSession
 from tests.serving.conftest import ThreadServer, needs_streaming, speech, tiny_tokenizer
 
 LOAD_STREAMS = 16
@@ -83,13 +83,13 @@ def test_back_pressure_never_drops(tok, monkeypatch):
     and still every chunk is processed, in order."""
     seen, peak = [], []
 
-    class SlowTurn(TurnSession):
+    class SlowStream(StreamSession):
         def push(self, pcm):
             time.sleep(0.01)
             seen.append(pcm[0].item())
             return super().push(pcm)
 
-    monkeypatch.setattr(server_module, "new_session", lambda t, h, s: SlowTurn(t, h, s))
+    monkeypatch.setattr(server_module, "new_session", lambda t, h, s: SlowStream(t, h))
     original_put = asyncio.Queue.put
 
     async def put(self, item):
@@ -100,7 +100,7 @@ def test_back_pressure_never_drops(tok, monkeypatch):
     server = ThreadServer(tok, queue_chunks=2, threads=1)
     try:
         wav = torch.arange(60 * 640, dtype=torch.float32) / (60 * 640)  # a ramp: chunk k starts at k / 60
-        r = asyncio.run(stream_async(server.url, wav, 16000, mode="turn", chunk_ms=40, audio_out=False))
+        r = asyncio.run(stream_async(server.url, wav, 16000, chunk_ms=40))
     finally:
         server.close()
     assert seen == sorted(seen) and len(seen) == 60
