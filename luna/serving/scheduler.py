@@ -82,7 +82,9 @@ class Scheduler:
                 job.result.set_result(done.result())
             else:
                 job.result.set_exception(error)
-        self._dispatch()
+        # not at once: the owner wakes first and may submit its next piece, so the pick sees every connection
+        # with work (else two connections would merely alternate, whatever their jobs cost)
+        job.result.get_loop().call_soon(self._dispatch)
 
     def shutdown(self) -> None:
         self.waiting.clear()

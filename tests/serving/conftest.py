@@ -13,7 +13,7 @@ import subprocess
 import sys
 import threading
 from pathlib import Path
-from typing import Iterator, List
+from typing import Dict, Iterator, List, Optional
 
 import pytest
 import torch
@@ -59,9 +59,9 @@ def tok(checkpoint) -> SpeechTokenizer:
     return SpeechTokenizer.from_checkpoint(checkpoint)
 
 
-def start_server(args: List[str], cwd: Path) -> "tuple[subprocess.Popen, str]":
+def start_server(args: List[str], cwd: Path, env: Optional[Dict[str, str]] = None) -> "tuple[subprocess.Popen, str]":
     """``python -m luna.serve ARGS`` until it prints ``serving ws://HOST:PORT``; (process, url)."""
-    proc = subprocess.Popen([sys.executable, "-m", "luna.serve", *args], cwd=cwd, env=ENV,
+    proc = subprocess.Popen([sys.executable, "-m", "luna.serve", *args], cwd=cwd, env=env or ENV,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     lines = []
     for line in proc.stdout:  # Hydra's log shares stdout; the address line is ours
