@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import time
 
 import numpy as np
@@ -204,3 +205,85 @@ def test_a_closed_connection_s_queued_work_is_dropped(fair):
     assert r.done["frames"] > 0 and seconds < 5
     time.sleep(0.3)
     assert "queued item(s) dropped" in log.read_text()
+
+
+def test_a_long_job_delays_no_hello_and_a_gone_client_s_queued_flush_never_runs(tok, monkeypatch):
+    """One worker busy with a 2 s turn (A1); A2's turn waits behind it and A2 leaves: its flush never runs.
+    B's hello is answered at once (sessions start off the compute workers), and B's turn runs after A1's."""
+    from luna.serving import server as server_module
+    from luna.serving.session import TurnSession
+    from tests.serving.conftest import ThreadServer
+
+    flushed = []
+
+    class SlowTurn(TurnSession):
+        def flush(self):
+            flushed.append(self.length)
+            time.sleep(2.0)
+            return super().flush()
+
+    monkeypatch.setattr(server_module, "new_session", lambda t, h, s: SlowTurn(t, h, s))
+    server = ThreadServer(tok, threads=1, workers=1)
+
+    async def turn(seconds: float, leave: bool = False) -> float:
+        async with connect(server.url) as ws:
+            await ws.send(HELLO)
+            await ws.recv()
+            await ws.send(speech(0, seconds).numpy().tobytes())
+            await ws.send(json.dumps({"type": "end"}))
+            if leave:
+                return 0.0
+            t0 = time.perf_counter()
+            while json.loads(await ws.recv())["type"] != "done":
+                pass
+            return time.perf_counter() - t0
+
+    async def main():
+        a1 = asyncio.create_task(turn(0.5))
+        await asyncio.sleep(0.5)  # A1's flush holds the worker
+        await turn(0.6, leave=True)
+        t0 = time.perf_counter()
+        b_ready = await ready(server.url)
+        b_ready_s = time.perf_counter() - t0
+        await a1
+        return b_ready, b_ready_s
+
+    try:
+        b_ready, b_ready_s = asyncio.run(main())
+        time.sleep(0.5)
+    finally:
+        server.close()
+    assert b_ready["type"] == "ready" and b_ready_s < 1.0, b_ready_s
+    assert flushed == [8000], flushed  # A1's 0.5 s ran; A2's 0.6 s (9600 samples) was dropped
+
+
+@pytest.mark.parametrize("key, value, message", [
+    ("max_connections", 0, "max_connections: must be > 0"),
+    ("hello_timeout", -1.0, "hello_timeout: must be > 0"),
+    ("idle_timeout", 0.0, "idle_timeout: must be > 0 or null"),
+    ("job_seconds", 0.0, "job_seconds: must be > 0"),
+    ("max_buffered_bytes", 1000, "max_buffered_bytes: must hold one decoded chunk"),
+    ("allowed_origins", ["http://ok.example/path"], "allowed_origins: 'http://ok.example/path' is not an origin"),
+    ("allowed_origins", ["*"], "allowed_origins: '*' is not an origin"),
+    ("token", "  ", "token: must be a non-empty string"),
+])
+def test_limit_keys_are_validated(key, value, message):
+    import dataclasses
+
+    from luna.config import ServeConfig
+    from luna.errors import ConfigError
+    from luna.serving.admission import check_limits
+
+    check_limits(ServeConfig(checkpoint="-"))  # the defaults pass
+    with pytest.raises(ConfigError, match="^" + re.escape(message)) as e:
+        check_limits(dataclasses.replace(ServeConfig(checkpoint="-"), **{key: value}))
+    assert "\n" not in str(e.value)
+
+
+def test_a_bad_limit_is_one_line_exit_2(checkpoint, tmp_path):
+    import subprocess
+    import sys
+
+    r = subprocess.run([sys.executable, "-m", "luna.serve", f"checkpoint={checkpoint}", "max_connections=0",
+                        f"hydra.run.dir={tmp_path}"], cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and r.stderr == "error: max_connections: must be > 0, got 0\n", r.stderr
