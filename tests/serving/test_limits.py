@@ -287,3 +287,21 @@ def test_a_bad_limit_is_one_line_exit_2(checkpoint, tmp_path):
     r = subprocess.run([sys.executable, "-m", "luna.serve", f"checkpoint={checkpoint}", "max_connections=0",
                         f"hydra.run.dir={tmp_path}"], cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=120)
     assert r.returncode == 2 and r.stderr == "error: max_connections: must be > 0, got 0\n", r.stderr
+
+
+def test_client_cli_token(guarded, tmp_path):
+    """``python -m luna.client --token``: the right one tokenizes; a wrong one is one line ``error:``, exit 2."""
+    import subprocess
+    import sys
+
+    import soundfile as sf
+
+    url, _ = guarded
+    wav = tmp_path / "x.wav"
+    sf.write(wav, speech(0, 0.5).numpy(), 16000)
+    cli = [sys.executable, "-m", "luna.client", url, str(wav), "--turn"]
+    ok = subprocess.run(cli, env={**ENV, "LUNA_SERVE_TOKEN": TOKEN}, capture_output=True, text=True, timeout=120)
+    assert ok.returncode == 0 and "frames" in ok.stdout, ok.stderr[-2000:]
+    bad = subprocess.run(cli + ["--token", "nope"], env=ENV, capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 2 and bad.stderr.startswith("error: ") and bad.stderr.count("\n") == 1, bad.stderr
+    assert "401" in bad.stderr and "nope" not in bad.stderr
