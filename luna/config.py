@@ -280,6 +280,13 @@ class ServeConfig:
     max_turn_seconds: float = 300.0  # longest utterance a turn buffers (at the client's rate)
     sample_rates: List[int] = field(default_factory=lambda: [8000, 16000, 22050, 24000, 32000, 44100, 48000])
     ping_interval: Optional[float] = 20.0  # websocket keepalive (seconds; null: off)
+    max_connections: int = 64  # more are answered error busy, close 1013 (try again later)
+    hello_timeout: float = 10.0  # seconds from connect to the hello (error hello_timeout)
+    idle_timeout: Optional[float] = 60.0  # seconds without a frame while nothing is pending (null: off)
+    max_buffered_bytes: int = 256 << 20  # decoded audio held by all connections together (error busy)
+    job_seconds: float = 1.0  # stream chunks are computed in jobs of at most this much audio (fair turns)
+    allowed_origins: List[str] = field(default_factory=list)  # browser origins; no Origin header is always allowed
+    token: Optional[str] = None  # required from clients when set (header Authorization: Bearer, or the hello)
 
 
 GROUPS = {
