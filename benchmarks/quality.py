@@ -72,11 +72,14 @@ def _train_seconds(run_dir: Path) -> Optional[float]:
 
 
 def _codebook_health(ckpt: Path) -> Dict[str, Any]:
-    """Per-quantizer usage and normalized entropy of the training-time assignments at the end of the run."""
+    """The model's rate, and per-quantizer usage and normalized entropy of the training-time assignments at the
+    end of the run."""
     from luna.models.tokenizer import SpeechTokenizer
 
-    stats = SpeechTokenizer.from_checkpoint(ckpt).quantizer.stats()  # the vocoder is built lazily: never here
-    return {"usage": [round(s["usage"], 3) for s in stats],
+    tok = SpeechTokenizer.from_checkpoint(ckpt)  # the vocoder is built lazily: never here
+    stats = tok.quantizer.stats()
+    return {"model": tok.config.name, "bitrate_bps": tok.bitrate, "tokens_per_second": tok.frame_rate,
+            "usage": [round(s["usage"], 3) for s in stats],
             "entropy": [round(s["entropy_normalized"], 3) for s in stats],
             "replacements": [s["replacements"] for s in stats]}
 
