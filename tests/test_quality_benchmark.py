@@ -8,6 +8,7 @@ import sys
 
 import pytest
 
+from benchmarks import rate_distortion
 from benchmarks.quality import SHARED_MINI, UNSEEN_LIST, eval_command, link_files, unseen_readers
 from luna.data import BUNDLED
 from tests.paths import ROOT
@@ -32,6 +33,10 @@ def test_quality_arm_trains_evaluates_and_records(tmp_path):
     assert len(row["usage"]) == 2 and all(0 < u <= 1 for u in row["usage"]) and row["train_seconds"] > 0
     assert (tmp_path / "smoke" / "eval" / "report.md").is_file()
     assert "| smoke | 3 |" in r.stdout
+    assert row["model"] == "rvq8_256" and row["bitrate_bps"] == pytest.approx(22050 / 512 * 2 * 4)  # 2 x 16 codes
+    rate_distortion.main(["--results", str(tmp_path / "results.jsonl"), "--out", str(tmp_path / "rd")])
+    points = json.loads((tmp_path / "rd" / "rate_distortion.json").read_text())["points"]
+    assert [(p["group"], p["stoi"]) for p in points if p["label"] == "smoke"][0] == ("luna, dev-clean", row["stoi"])
     if unseen_readers():  # the 40 unseen readers, scored apart from dev-clean (the first 2 of them here)
         u = row["unseen"]
         assert u["files"] == 2 and 0 <= u["stoi"] <= 1 and 1 <= u["pesq_wb"] <= 4.7 and u["ceiling"]["stoi"] > u["stoi"]
