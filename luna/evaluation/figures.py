@@ -11,7 +11,7 @@ import torch
 from luna.evaluation.codebook import codebook_stats
 from luna.evaluation.markdown import fmt
 
-__all__ = ["plot_code_usage", "plot_mel_comparison", "plot_rate_distortion"]
+__all__ = ["plot_code_usage", "plot_mel_comparison", "plot_quality_vs_bitrate", "plot_rate_distortion"]
 
 PathLike = Union[str, Path]
 
@@ -88,4 +88,32 @@ def plot_rate_distortion(rows: Sequence[Dict[str, Any]], path: PathLike, metric_
     ax.set_title("rate–distortion")
     ax.grid(True, alpha=0.3)
     fig.savefig(path, dpi=100)
+    return Path(path)
+
+
+def plot_quality_vs_bitrate(points: Sequence[Dict[str, Any]], path: PathLike, note: str = "") -> Path:
+    """STOI and wide-band PESQ against kbps, side by side. Each point: ``label``, ``kbps``, ``stoi``, ``pesq_wb``
+    and ``group`` (one marker style per group, in first-seen order); a missing value leaves the point out."""
+    fig = _figure(figsize=(11, 4.6), layout="constrained")
+    axes = fig.subplots(1, 2)
+    groups = list(dict.fromkeys(p["group"] for p in points))
+    styles = [("o", "tab:blue"), ("s", "tab:orange"), ("^", "tab:green"), ("D", "0.45"), ("v", "tab:red")]
+    for ax, key, name in zip(axes, ("stoi", "pesq_wb"), ("STOI", "PESQ-WB")):
+        for g, group in enumerate(groups):
+            marker, color = styles[g % len(styles)]
+            pts = [p for p in points if p["group"] == group and isinstance(p.get(key), (int, float))]
+            ax.scatter([p["kbps"] for p in pts], [p[key] for p in pts], marker=marker, color=color, label=group, zorder=3)
+            for p in pts:
+                ax.annotate(p["label"], (p["kbps"], p[key]), textcoords="offset points", xytext=(4, 3), fontsize=7)
+        kbps = [p["kbps"] for p in points] or [1.0]
+        ax.set_xscale("log")
+        ax.set_xlim(min(kbps) / 1.4, max(kbps) * 2.0)  # room for the labels right of the points
+        ticks = [t for t in (0.25, 0.5, 1, 2, 4, 8, 16, 32) if min(kbps) / 1.4 <= t <= max(kbps) * 2.0]
+        ax.set_xticks(ticks, [f"{t:g}" for t in ticks])
+        ax.set_xlabel("bitrate (kbps, log scale)")
+        ax.set_ylabel(name)
+        ax.grid(True, alpha=0.3)
+    axes[0].legend(fontsize=7, loc="lower right")
+    fig.suptitle("quality vs bitrate" + (f"\n{note}" if note else ""), fontsize=9)
+    fig.savefig(path, dpi=80)
     return Path(path)

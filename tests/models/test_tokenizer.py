@@ -7,9 +7,12 @@ import pytest
 import torch
 
 from luna import SpeechTokenizer
+from luna.config import CONF_DIR
 from luna.losses import MelLoss
+from luna.rate import model_rate
 from luna.serialization import CheckpointError
 from tests.conftest import compose_train
+from tests.paths import ROOT
 
 
 @pytest.fixture(scope="module")
@@ -137,7 +140,8 @@ def test_missing_and_mismatched_checkpoints_are_one_clear_error(tiny, tmp_path):
     [("rvq8", 22050, 22050 / 512, 22050 / 512 * 80), ("rvq8_256", 22050, 22050 / 512, 22050 / 512 * 80),
      ("rvq4", 22050, 22050 / 512, 22050 / 512 * 40), ("rvq8_12hz", 22050, 22050 / 2048, 22050 / 2048 * 80),
      ("rvq8_24k", 24000, 50.0, 4000.0), ("tiny", 16000, 50.0, 500.0),
-     ("rvq8_causal", 22050, 22050 / 512, 22050 / 512 * 80), ("rvq8_12hz_causal", 22050, 22050 / 2048, 22050 / 2048 * 80)],
+     ("rvq8_causal", 22050, 22050 / 512, 22050 / 512 * 80), ("rvq8_12hz_causal", 22050, 22050 / 2048, 22050 / 2048 * 80),
+     ("rvq8_12hz_2k", 22050, 22050 / 2048, 22050 / 2048 * 88), ("rvq8_12hz_2k_causal", 22050, 22050 / 2048, 22050 / 2048 * 88)],
 )
 def test_rate_table(preset, rate, tps, bps):
     universal = preset not in ("rvq8_24k", "tiny")  # the default vocoder's convention; the others pair with Griffin-Lim
@@ -146,6 +150,29 @@ def test_rate_table(preset, rate, tps, bps):
     assert (tok.sample_rate, tok.frame_rate, tok.bitrate) == (rate, pytest.approx(tps), pytest.approx(bps))
     assert SpeechTokenizer.from_config(cfg.model).bitrate == pytest.approx(bps)  # the model node alone works too
     assert tok.latency_ms == (pytest.approx(1000 / tps) if preset.endswith("_causal") else math.inf)  # one token
+    assert (model_rate(cfg.model).tokens_per_second, model_rate(cfg.model).bitrate) == (pytest.approx(tps), pytest.approx(bps))
+
+
+def _readme_rate_rows():
+    """README's rate table: preset -> (tokens/s, quantizers, codes, kbps) as written."""
+    rows = {}
+    for line in (ROOT / "README.md").read_text().splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cells) == 9 and cells[0].startswith("`") and "×" in cells[5] and "kbps" in cells[6]:
+            n, k = (int(x) for x in cells[5].split("×"))
+            rows[cells[0].split("`")[1]] = (float(cells[4]), n, k, float(cells[6].split()[0]))
+    return rows
+
+
+def test_readme_rate_table_lists_every_preset_at_its_rate():
+    rows = _readme_rate_rows()
+    presets = sorted(p.stem for p in (CONF_DIR / "model").glob("*.yaml"))
+    assert sorted(rows) == presets  # every preset has a row, and every row is a preset
+    for preset, (tps, n, k, kbps) in rows.items():
+        rate = model_rate(compose_train([f"model={preset}", "vocoder=griffinlim"]).model)
+        assert (rate.num_quantizers, rate.codebook_size) == (n, k), preset
+        assert tps == pytest.approx(rate.tokens_per_second, abs=0.005), preset
+        assert kbps == pytest.approx(rate.bitrate / 1000, abs=0.005), preset
 
 
 def test_forward_returns_what_the_net_computed_and_the_objective_weights_it(tiny):
