@@ -15,14 +15,14 @@ from torch import nn
 
 from luna.models.causal import CausalDecoder, CausalResBlock, ChannelNorm
 from luna.streaming.encoder import BlockEncoder
-from luna.streaming.stateful import Chain, Conv, Drop, Pointwise, Residual
+from luna.streaming.stateful import Chain, Drop, Pointwise, Residual, conv
 from luna.streaming.vocoder import StreamingVocoder
 
 
 def _streamed(m: nn.Module) -> Any:
     """A module of the causal decoder as stream layers."""
     if isinstance(m, (nn.Conv1d, nn.ConvTranspose1d)):
-        return Conv(m)
+        return conv(m)
     if isinstance(m, nn.Sequential):
         return Chain([_streamed(c) for c in m])
     if isinstance(m, CausalResBlock):  # x[..., context:] + block(x)
@@ -34,8 +34,8 @@ def _streamed(m: nn.Module) -> Any:
 
 def stream_causal_decoder(d: CausalDecoder) -> Chain:
     """``CausalDecoder.valid`` as stateful stream layers: latents ``[1, D, t]`` → frames ``[1, H, t·s]``."""
-    up = [Conv(d.up, pad=d.stride)] if d.stride > 1 else []  # up(x)[..., s:-s]: padding s crops as much
-    return Chain([Conv(d.conv_in), _streamed(d.pre), *up, Drop(d.crop), _streamed(d.post), _streamed(d.out)])
+    up = [conv(d.up, pad=d.stride)] if d.stride > 1 else []  # up(x)[..., s:-s]: padding s crops as much
+    return Chain([conv(d.conv_in), _streamed(d.pre), *up, Drop(d.crop), _streamed(d.post), _streamed(d.out)])
 
 
 class StreamingDecoder:

@@ -8,9 +8,9 @@ before the end (the lag of the layer). ``reset()`` starts a new stream. Each out
 very same input frames, weights and zero padding as in the module's whole-clip forward, so a stream equals
 the whole clip to float rounding (tests/streaming/).
 
-- :class:`Conv`: a stride-1 ``Conv1d`` (its ``padding`` zeros on both ends, ``(k-1)·d`` frames kept) or a
-  ``ConvTranspose1d`` (``floor((k-1)/u)`` input frames kept; full output index ``i`` is final once input
-  ``i // u`` has arrived; ``padding`` cropped at both ends);
+- :func:`conv` → :class:`Conv`: a stride-1 ``Conv1d`` (its ``padding`` zeros at the two real ends, its last
+  ``(k-1)·d`` input frames kept) or :class:`ConvTranspose`: overlap-add (the ``k - u`` pending output sums
+  kept; ``padding`` cropped at the two real ends);
 - :class:`Pointwise` (per-frame functions), :class:`Chain`, :class:`Residual` (skip frames queued until
   the branch catches up), :class:`Mean` (parallel branches, summed in order as they align), :class:`Drop`.
 """
@@ -23,58 +23,80 @@ import torch.nn.functional as F
 from torch import nn
 
 
-class Conv:
-    """A ``Conv1d`` (stride 1) or ``ConvTranspose1d`` on a stream; ``pad`` overrides the module's padding."""
+def conv(module: nn.Module, pad: Optional[int] = None):
+    """The stream form of a ``Conv1d`` (stride 1) or ``ConvTranspose1d``; ``pad`` overrides its padding."""
+    if module.groups != 1 or (module.dilation[0] != 1 and isinstance(module, nn.ConvTranspose1d)):
+        raise ValueError(f"cannot stream {module}: grouped or dilated transposed")
+    return (ConvTranspose if isinstance(module, nn.ConvTranspose1d) else Conv)(module, pad)
 
-    def __init__(self, conv: nn.Module, pad: Optional[int] = None):
-        self.conv = conv
-        self.transposed = isinstance(conv, nn.ConvTranspose1d)
-        k, d, self.stride = conv.kernel_size[0], conv.dilation[0], conv.stride[0]
-        if conv.groups != 1 or (self.transposed and d != 1) or (not self.transposed and self.stride != 1):
-            raise ValueError(f"cannot stream {conv}: groups, a dilated transposed conv or a strided conv")
-        self.pad = conv.padding[0] if pad is None else int(pad)
-        self.k = k
-        self.keep = (k - 1) // self.stride if self.transposed else (k - 1) * d  # past input frames kept
+
+class Conv:
+    """A stride-1 ``Conv1d``: keeps its last (k-1)·d input frames; ``pad`` zeros before the first frame and after
+    the last ('same' padding; 0 for a causal valid conv)."""
+
+    def __init__(self, module: nn.Conv1d, pad: Optional[int] = None):
+        if module.stride[0] != 1:
+            raise ValueError(f"cannot stream {module}: strided")
+        self.conv = module
+        self.pad = module.padding[0] if pad is None else int(pad)
+        self.keep = (module.kernel_size[0] - 1) * module.dilation[0]
         self.reset()
 
     def reset(self) -> None:
-        self.buffer: Optional[torch.Tensor] = None  # [B, C_in, ≤ keep (+ pad at the start)]: frames kept
-        self.received = 0  # input frames so far
-        self.emitted = 0  # transposed: full (uncropped) output frames computed so far
+        self.buffer: Optional[torch.Tensor] = None  # [B, C_in, ≤ keep]: the input frames still needed
 
     def produced(self, n: int) -> int:
-        return max(0, n * self.stride - self.pad) if self.transposed else max(0, n + self.pad - self.keep)
+        return max(0, n + self.pad - self.keep)
 
     def step(self, x: torch.Tensor, last: bool = False) -> torch.Tensor:
-        if self.buffer is None:  # the conv's left zero padding ('same' conv); nothing for a transposed one
-            self.buffer = x.new_zeros(x.shape[0], x.shape[1], 0 if self.transposed else self.pad)
-        self.received += x.shape[-1]
-        buf = torch.cat([self.buffer, x], dim=-1) if x.shape[-1] else self.buffer
-        y = self._transposed(buf, last) if self.transposed else self._conv(buf, last)
-        self.buffer = buf[..., buf.shape[-1] - min(self.keep, buf.shape[-1]) :]
-        if last:
-            self.reset()
-        return y
-
-    def _conv(self, buf: torch.Tensor, last: bool) -> torch.Tensor:
         c = self.conv
+        if self.buffer is None:  # the left zero padding
+            self.buffer = x.new_zeros(x.shape[0], x.shape[1], self.pad)
+        buf = torch.cat([self.buffer, x], dim=-1) if x.shape[-1] else self.buffer
+        self.buffer = None if last else buf[..., buf.shape[-1] - min(self.keep, buf.shape[-1]) :]
         if last and self.pad:
             buf = F.pad(buf, (0, self.pad))  # the right zero padding
         if buf.shape[-1] <= self.keep:
             return buf.new_zeros(buf.shape[0], c.out_channels, 0)
         return F.conv1d(buf, c.weight, c.bias, dilation=c.dilation)
 
-    def _transposed(self, buf: torch.Tensor, last: bool) -> torch.Tensor:
-        c, u = self.conv, self.stride
-        start = self.received - buf.shape[-1]  # input index of buf[0]
-        full = (self.received - 1) * u + self.k if self.received else 0  # full output length so far
-        end = full - self.pad if last else self.received * u  # full outputs now final (the end cropped)
-        lo = max(self.emitted, self.pad)  # the start cropped
-        self.emitted = max(self.emitted, end)
-        if end <= lo:
-            return buf.new_zeros(buf.shape[0], c.out_channels, 0)
-        y = F.conv_transpose1d(buf, c.weight, c.bias, stride=u)  # full outputs from start · u on
-        return y[..., lo - start * u : end - start * u]
+
+class ConvTranspose:
+    """A ``ConvTranspose1d`` (stride u, kernel k) by overlap-add: each push adds the new frames' contributions to
+    the k - u pending sums the previous frames left; output i is final once input i // u has arrived; ``pad``
+    outputs cropped at each end."""
+
+    def __init__(self, module: nn.ConvTranspose1d, pad: Optional[int] = None):
+        self.conv = module
+        self.pad = module.padding[0] if pad is None else int(pad)
+        self.u, self.k = module.stride[0], module.kernel_size[0]
+        self.reset()
+
+    def reset(self) -> None:
+        self.tail: Optional[torch.Tensor] = None  # [B, C_out, k - u]: partial sums of the next outputs, no bias
+        self.emitted = 0  # uncropped outputs final so far
+
+    def produced(self, n: int) -> int:
+        return max(0, n * self.u - self.pad)
+
+    def step(self, x: torch.Tensor, last: bool = False) -> torch.Tensor:
+        c, u = self.conv, self.u
+        if self.tail is None:
+            self.tail = x.new_zeros(x.shape[0], c.out_channels, self.k - u)
+        y = self.tail
+        if x.shape[-1]:
+            y = F.conv_transpose1d(x, c.weight, None, stride=u)  # [B, C_out, (n - 1)·u + k]
+            y[..., : self.k - u] += self.tail
+        n = y.shape[-1] if last else x.shape[-1] * u  # outputs now final
+        self.tail, y = y[..., n:], y[..., :n]
+        start, self.emitted = self.emitted, self.emitted + n
+        end = self.emitted - self.pad if last else self.emitted  # the crops at both ends
+        y = y[..., max(0, self.pad - start) : max(0, end - start)]
+        if c.bias is not None:
+            y = y + c.bias[:, None]
+        if last:
+            self.reset()
+        return y
 
 
 class Pointwise:

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 
 from luna.errors import ConfigError
 from luna.models.hifigan import LRELU_SLOPE
-from luna.streaming.stateful import Chain, Conv, Mean, Pointwise, Residual
+from luna.streaming.stateful import Chain, Mean, Pointwise, Residual, conv
 
 
 def receptive_frames(h: Mapping[str, Any]) -> int:
@@ -45,15 +45,15 @@ def stream_generator(g: Any) -> Chain:
 
     def resblock(block: Any) -> Chain:
         if hasattr(block, "convs1"):  # ResBlock1: x = c2(lrelu(c1(lrelu(x)))) + x, three times
-            return Chain([Residual(Chain([lrelu(LRELU_SLOPE), Conv(c1), lrelu(LRELU_SLOPE), Conv(c2)]))
+            return Chain([Residual(Chain([lrelu(LRELU_SLOPE), conv(c1), lrelu(LRELU_SLOPE), conv(c2)]))
                           for c1, c2 in zip(block.convs1, block.convs2)])
-        return Chain([Residual(Chain([lrelu(LRELU_SLOPE), Conv(c)])) for c in block.convs])  # ResBlock2
+        return Chain([Residual(Chain([lrelu(LRELU_SLOPE), conv(c)])) for c in block.convs])  # ResBlock2
 
-    layers: List[Any] = [Conv(g.conv_pre)]
+    layers: List[Any] = [conv(g.conv_pre)]
     k = g.num_kernels
     for i, up in enumerate(g.ups):
-        layers += [lrelu(LRELU_SLOPE), Conv(up), Mean([resblock(b) for b in g.resblocks[i * k : (i + 1) * k]])]
-    return Chain([*layers, lrelu(0.01), Conv(g.conv_post), Pointwise(torch.tanh)])
+        layers += [lrelu(LRELU_SLOPE), conv(up), Mean([resblock(b) for b in g.resblocks[i * k : (i + 1) * k]])]
+    return Chain([*layers, lrelu(0.01), conv(g.conv_post), Pointwise(torch.tanh)])
 
 
 class StreamingVocoder:
