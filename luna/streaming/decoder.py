@@ -42,7 +42,7 @@ class StreamingDecoder:
     """``push(codes [1, n, t]) → audio [1, samples]``; ``push_mel(codes) → log-mel [1, M, t·s]``; ``flush()``.
 
     ``vocoder``: None (the tokenizer's configured vocoder), a vocoder module, or False (mel only). ``lookahead``:
-    vocoder frames to wait for (default: its receptive field, exact). ``last_mel`` holds the latest chunk's mel.
+    None (the vocoder's fixed, exact lookahead; a shorter one is refused). ``last_mel`` holds the latest chunk's mel.
     """
 
     def __init__(self, tok: Any, vocoder: Any = None, lookahead: Optional[int] = None):
