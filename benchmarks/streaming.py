@@ -8,9 +8,10 @@ CPU, 2 threads (:data:`benchmarks.run.CPU_THREADS`). Two pipelines per causal pr
   HiFi-GAN V1, both stateful: each push computes only new frames; the vocoder's fixed exact lookahead).
 
 Reported per row: RTF = total push() wall time / audio seconds; whole-clip RTF = the same work on the whole
-clip at once (``tokenize`` + ``detokenize``), timed right after, the yardstick on a shared machine; p50 / p95 of the wall time of one push();
-the algorithmic latency (``tok.latency_ms``, + the vocoder's ``latency_ms`` for the second pipeline); the
-1-minute load average when the row finished (the machine may be shared: read the figures next to it). What a
+clip at once (``tokenize`` + ``detokenize``), timed right after, the yardstick on a shared machine; p50 / p95
+of the wall time of one push(); the algorithmic latency (``tok.latency_ms``, + the vocoder's ``latency_ms``
+for the second pipeline); the 1-minute load average when the row finished (the machine may be shared: read
+the figures next to it). What a
 listener waits for a sample is about chunk length + algorithmic latency + the push's compute time.
 Tokenizer weights are random (k-means-initialised codebooks): speed does not depend on training.
 
@@ -104,10 +105,12 @@ def run(quick: bool = False, smoke: bool = False, presets: Sequence[str] = (),
 
 
 def table(rows: List[Dict[str, Any]]) -> str:
-    lines = ["| preset | pipeline | chunk | RTF | whole-clip RTF | push p50 | push p95 | algorithmic latency | load avg |",
+    lines = ["| preset | pipeline | chunk | RTF | whole-clip RTF | push p50 | push p95 | algorithmic latency "
+             "| load avg |",
              "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
-        lines.append(f"| `{r['preset']}` | {r['pipeline']} | {r['chunk_ms']} ms | {r['rtf']:.3f} | {r['whole_rtf']:.3f} "
+        lines.append(f"| `{r['preset']}` | {r['pipeline']} | {r['chunk_ms']} ms | {r['rtf']:.3f} "
+                     f"| {r['whole_rtf']:.3f} "
                      f"| {r['p50_ms']:.2f} ms | {r['p95_ms']:.2f} ms | {r['algorithmic_latency_ms']:.1f} ms "
                      f"| {r['load_avg']:.1f} |")
     return "\n".join(lines)
