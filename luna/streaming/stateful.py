@@ -9,8 +9,8 @@ very same input frames, weights and zero padding as in the module's whole-clip f
 the whole clip to float rounding (tests/streaming/).
 
 - :func:`conv` → :class:`Conv`: a stride-1 ``Conv1d`` (its ``padding`` zeros at the two real ends, its last
-  ``(k-1)·d`` input frames kept) or :class:`ConvTranspose`: overlap-add (the ``k - u`` pending output sums
-  kept; ``padding`` cropped at the two real ends);
+  ``(k-1)·d`` input frames kept) or :class:`ConvTranspose`: overlap-add (the pending output sums kept;
+  ``padding`` cropped at the two real ends);
 - :class:`Pointwise` (per-frame functions), :class:`Chain`, :class:`Residual` (skip frames queued until
   the branch catches up), :class:`Mean` (parallel branches, summed in order as they align), :class:`Drop`.
 """
@@ -25,8 +25,9 @@ from torch import nn
 
 def conv(module: nn.Module, pad: Optional[int] = None):
     """The stream form of a ``Conv1d`` (stride 1) or ``ConvTranspose1d``; ``pad`` overrides its padding."""
-    if module.groups != 1 or (module.dilation[0] != 1 and isinstance(module, nn.ConvTranspose1d)):
-        raise ValueError(f"cannot stream {module}: grouped or dilated transposed")
+    if module.groups != 1 or module.padding_mode != "zeros" or isinstance(module.padding, str) or (
+            module.dilation[0] != 1 and isinstance(module, nn.ConvTranspose1d)):
+        raise ValueError(f"cannot stream {module}: grouped, not zero-padded by number, or dilated transposed")
     return (ConvTranspose if isinstance(module, nn.ConvTranspose1d) else Conv)(module, pad)
 
 
