@@ -4,20 +4,24 @@ Setting: real speech from the bundled corpus at 22.05 kHz, pushed in chunks of 2
 CPU, 2 threads (:data:`benchmarks.run.CPU_THREADS`). Two pipelines per causal preset:
 
 - ``tokenizer``: ``enc.push(chunk)`` (resampler pass-through, mel, encoder, RVQ) → codes;
-- ``+decoder+hifigan``: the same, then ``dec.push(codes)`` (causal decoder + the pretrained universal
-  HiFi-GAN streamed with its exact lookahead).
+- ``+decoder+hifigan``: the same, then ``dec.push(codes)`` (the causal decoder and the pretrained universal
+  HiFi-GAN V1, both stateful: each push computes only new frames; the vocoder's fixed exact lookahead).
 
-Reported per row: RTF = total push() wall time / audio seconds; p50 / p95 of the wall time of one push();
-the algorithmic latency (``tok.latency_ms``, + the vocoder's lookahead for the second pipeline). What a
+Reported per row: RTF = total push() wall time / audio seconds; whole-clip RTF = the same work on the whole
+clip at once (``tokenize`` + ``detokenize``), timed right after, the yardstick on a shared machine; p50 / p95
+of the wall time of one push(); the algorithmic latency (``tok.latency_ms``, + the vocoder's ``latency_ms``
+for the second pipeline); the 1-minute load average when the row finished (the machine may be shared: read
+the figures next to it). What a
 listener waits for a sample is about chunk length + algorithmic latency + the push's compute time.
-Weights are random (k-means-initialised codebooks): speed does not depend on training.
+Tokenizer weights are random (k-means-initialised codebooks): speed does not depend on training.
 
-    python -m benchmarks.streaming [--quick] [--json OUT]
+    python -m benchmarks.streaming [--quick] [--preset P ...] [--chunk-ms MS ...] [--threads N] [--json OUT]
 """
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import time
 from typing import Any, Dict, List, Sequence
@@ -62,12 +66,22 @@ def measure(tok: Any, audio: torch.Tensor, chunk: int, vocoder: bool) -> Dict[st
             "p95_ms": 1e3 * _percentile(times[:-1], 0.95), "pushes": len(times) - 1, "tokens": tokens}
 
 
-def run(quick: bool = False, smoke: bool = False) -> List[Dict[str, Any]]:
+def whole_clip_rtf(tok: Any, audio: torch.Tensor, vocoder: bool) -> float:
+    """The same work on the whole clip at once (``tokenize``, + ``detokenize``): the yardstick on this machine now."""
+    t0 = time.perf_counter()
+    codes = tok.tokenize(audio, tok.sample_rate)
+    if vocoder:
+        tok.detokenize(codes)
+    return (time.perf_counter() - t0) * tok.sample_rate / audio.numel()
+
+
+def run(quick: bool = False, smoke: bool = False, presets: Sequence[str] = (),
+        chunks_ms: Sequence[int] = (), num_threads: int = CPU_THREADS) -> List[Dict[str, Any]]:
     seconds = 0.5 if smoke else 3.0 if quick else 10.0
-    presets = PRESETS[:1] if smoke else PRESETS
-    chunks_ms = CHUNKS_MS[-1:] if smoke else CHUNKS_MS
+    presets = presets or (PRESETS[:1] if smoke else PRESETS)
+    chunks_ms = chunks_ms or (CHUNKS_MS[-1:] if smoke else CHUNKS_MS)
     rows = []
-    with threads(CPU_THREADS), torch.no_grad():
+    with threads(num_threads), torch.no_grad():
         for preset in presets:
             torch.manual_seed(0)
             overrides = ["model.hidden=32", "model.codebook_dim=0", "vocoder=griffinlim"] if smoke else []
@@ -81,18 +95,24 @@ def run(quick: bool = False, smoke: bool = False) -> List[Dict[str, Any]]:
                 lookahead = tok.stream_decoder().vocoder.latency_ms if vocoder else 0.0
                 for ms in chunks_ms:
                     m = measure(tok, audio, round(ms * tok.sample_rate / 1000), vocoder)
+                    m["whole_rtf"] = whole_clip_rtf(tok, audio, vocoder)
                     rows.append({"preset": preset, "pipeline": "+decoder+hifigan_universal" if vocoder else "tokenizer",
-                                 "chunk_ms": ms, "threads": CPU_THREADS, "audio_s": seconds,
-                                 "algorithmic_latency_ms": tok.latency_ms + lookahead, **m})
+                                 "chunk_ms": ms, "threads": num_threads, "audio_s": seconds,
+                                 "algorithmic_latency_ms": tok.latency_ms + lookahead, **m,
+                                 "load_avg": os.getloadavg()[0]})
                     print(table(rows[-1:]).splitlines()[-1], flush=True)  # progress: one line per row
     return rows
 
 
 def table(rows: List[Dict[str, Any]]) -> str:
-    lines = ["| preset | pipeline | chunk | RTF | push p50 | push p95 | algorithmic latency |", "|---|---|---|---|---|---|---|"]
+    lines = ["| preset | pipeline | chunk | RTF | whole-clip RTF | push p50 | push p95 | algorithmic latency "
+             "| load avg |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
-        lines.append(f"| `{r['preset']}` | {r['pipeline']} | {r['chunk_ms']} ms | {r['rtf']:.3f} | {r['p50_ms']:.2f} ms "
-                     f"| {r['p95_ms']:.2f} ms | {r['algorithmic_latency_ms']:.1f} ms |")
+        lines.append(f"| `{r['preset']}` | {r['pipeline']} | {r['chunk_ms']} ms | {r['rtf']:.3f} "
+                     f"| {r['whole_rtf']:.3f} "
+                     f"| {r['p50_ms']:.2f} ms | {r['p95_ms']:.2f} ms | {r['algorithmic_latency_ms']:.1f} ms "
+                     f"| {r['load_avg']:.1f} |")
     return "\n".join(lines)
 
 
@@ -100,9 +120,13 @@ def main(argv: Sequence[str] = None) -> List[Dict[str, Any]]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="3 s of audio instead of 10")
     parser.add_argument("--smoke", action="store_true", help="tiny shapes, for the unit test (numbers mean nothing)")
+    parser.add_argument("--preset", action="append", choices=PRESETS, help="only this preset (repeatable)")
+    parser.add_argument("--chunk-ms", action="append", type=int, help="only this chunk length (repeatable)")
+    parser.add_argument("--threads", type=int, default=CPU_THREADS, help=f"torch threads (default {CPU_THREADS})")
     parser.add_argument("--json", default=None, help="also write the rows here")
     args = parser.parse_args(argv)
-    rows = run(quick=args.quick, smoke=args.smoke)
+    rows = run(quick=args.quick, smoke=args.smoke, presets=args.preset or (), chunks_ms=args.chunk_ms or (),
+               num_threads=args.threads)
     print(table(rows))
     if args.json:
         with open(args.json, "w") as f:

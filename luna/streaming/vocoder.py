@@ -1,22 +1,25 @@
-"""Streaming vocoding with a non-causal HiFi-GAN: bounded context, a right lookahead, output the middle.
+"""Streaming vocoding with a non-causal HiFi-GAN: stateful layers, a fixed lookahead, no recomputation.
 
-The generator is non-causal: an output sample of mel frame f reads frames f - r .. f + r, where r (the
-receptive field, :func:`receptive_frames`, 14 frames for V1 = 163 ms at 22.05 kHz) follows from its
-architecture. The stream keeps ``context`` past frames, waits for ``lookahead`` future ones, runs the
-generator's public forward on that window and returns the samples of the frames in the middle. With both
-≥ r every output sample reads exactly the frames it reads in a whole-clip forward (zero padding only at the
-real ends), so chunked audio equals whole-clip audio to float rounding (tests/streaming/test_vocoder.py).
-A smaller lookahead trades exactness for latency. Griffin-Lim iterates over the whole spectrogram: it
-cannot stream (ConfigError).
+The generator is non-causal: an output sample reads mel frames on both sides (at most
+:func:`receptive_frames` each way: 14 frames for V1). The stream runs the generator as stateful layers
+(luna/streaming/stateful.py): every convolution keeps the input frames it still needs, a 'same' conv gets its
+zero padding at the real ends only, a transposed conv keeps its overlap, so each push computes only the
+samples that became final and each sample reads exactly the frames it reads in a whole-clip forward: chunked
+audio equals whole-clip audio to float rounding (tests/streaming/test_vocoder.py). The output lags the input
+by ``delay`` samples, fixed by the architecture (V1 at hop 256: 3260 samples = 12.7 frames = 147.8 ms).
+Griffin-Lim iterates over the whole spectrogram: it cannot stream (ConfigError).
 """
 from __future__ import annotations
 
 import math
-from typing import Any, Mapping, Optional
+from typing import Any, List, Mapping, Optional
 
 import torch
+import torch.nn.functional as F
 
 from luna.errors import ConfigError
+from luna.models.hifigan import LRELU_SLOPE
+from luna.streaming.stateful import Chain, Mean, Pointwise, Residual, conv
 
 
 def receptive_frames(h: Mapping[str, Any]) -> int:
@@ -35,53 +38,70 @@ def receptive_frames(h: Mapping[str, Any]) -> int:
     return math.ceil(r + 3 / rate)  # conv_post k7
 
 
-class StreamingVocoder:
-    """``push(log_mel [1, M, t]) → audio [1, t' · hop]``, ``flush() → the rest``; then ready for a new stream."""
+def stream_generator(g: Any) -> Chain:
+    """A :class:`luna.models.hifigan.HiFiGANGenerator` as stateful stream layers (the same ops in the same order)."""
+    def lrelu(slope: float) -> Pointwise:
+        return Pointwise(lambda x: F.leaky_relu(x, slope))
 
-    def __init__(self, vocoder: Any, lookahead: Optional[int] = None, context: Optional[int] = None):
+    def resblock(block: Any) -> Chain:
+        if hasattr(block, "convs1"):  # ResBlock1: x = c2(lrelu(c1(lrelu(x)))) + x, three times
+            return Chain([Residual(Chain([lrelu(LRELU_SLOPE), conv(c1), lrelu(LRELU_SLOPE), conv(c2)]))
+                          for c1, c2 in zip(block.convs1, block.convs2)])
+        return Chain([Residual(Chain([lrelu(LRELU_SLOPE), conv(c)])) for c in block.convs])  # ResBlock2
+
+    layers: List[Any] = [conv(g.conv_pre)]
+    k = g.num_kernels
+    for i, up in enumerate(g.ups):
+        layers += [lrelu(LRELU_SLOPE), conv(up), Mean([resblock(b) for b in g.resblocks[i * k : (i + 1) * k]])]
+    return Chain([*layers, lrelu(0.01), conv(g.conv_post), Pointwise(torch.tanh)])
+
+
+class StreamingVocoder:
+    """``push(log_mel [1, M, t]) → audio [1, samples]`` (the samples that became final), ``flush() → the rest``;
+    then ready for a new stream. ``delay``: samples the output lags the input (``latency_ms`` as time);
+    ``lookahead``: the same in whole mel frames (rounded up)."""
+
+    def __init__(self, vocoder: Any, lookahead: Optional[int] = None):
         generator = getattr(vocoder, "generator", None)
         if generator is None or not hasattr(generator, "h"):
             kind = getattr(vocoder, "kind", "") or type(vocoder).__name__
             raise ConfigError(f"vocoder.kind: {kind} cannot stream (Griffin-Lim iterates over the whole spectrogram); "
                               f"use vocoder=hifigan_universal or a luna-trained vocoder=hifigan")
-        self.vocoder = vocoder
-        r = receptive_frames(generator.h)
-        self.lookahead = r if lookahead is None else int(lookahead)
-        self.context = r if context is None else int(context)
+        self.vocoder, self.generator = vocoder, generator
         self.hop = int(vocoder.hop_length)
+        self.layers = stream_generator(generator)
+        n = 4 * receptive_frames(generator.h)  # past the lag's transient: output = n · hop - delay
+        self.delay = n * self.hop - self.layers.produced(n)
+        self.lookahead = math.ceil(self.delay / self.hop)
+        if lookahead is not None and int(lookahead) < self.lookahead:
+            raise ValueError(f"lookahead: the stateful streaming HiFi-GAN is exact and needs {self.lookahead} mel "
+                             f"frames ({self.latency_ms:.1f} ms); a shorter lookahead is not supported")
         self.reset()
 
     @property
     def latency_ms(self) -> float:
-        """The lookahead as time: frames the stream waits for before it can vocode a frame."""
-        return 1000.0 * self.lookahead * self.hop / self.vocoder.sample_rate
+        """The algorithmic latency: how long after a frame's last sample its audio is final."""
+        return 1000.0 * self.delay / self.vocoder.sample_rate
 
     def reset(self) -> None:
-        self.mel: Optional[torch.Tensor] = None  # [1, M, frames kept], first = absolute index of frame 0
-        self.first = 0
-        self.total = 0  # frames received
-        self.done = 0  # frames vocoded
+        self.layers.reset()
 
     def push(self, mel: torch.Tensor) -> torch.Tensor:
-        self.mel = mel if self.mel is None else torch.cat([self.mel, mel], dim=-1)
-        self.total += mel.shape[-1]
-        return self._emit(self.total - self.lookahead)
+        """log-mel ``[1, M, t]`` (t ≥ 0) → the audio ``[1, samples]`` that no later frame can change."""
+        return self._step(mel, last=False)
 
     def flush(self) -> torch.Tensor:
-        out = self._emit(self.total)
-        self.reset()
-        return out
+        """The rest of the audio (the clip's right zero padding applied); then ready for a new stream."""
+        return self._step(None, last=True)
 
     @torch.no_grad()
-    def _emit(self, upto: int) -> torch.Tensor:
-        if upto <= self.done:
-            device = self.mel.device if self.mel is not None else torch.device("cpu")
-            return torch.zeros(1, 0, device=device)
-        lo = max(0, self.done - self.context)
-        audio = self.vocoder(self.mel[..., lo - self.first :])  # [1, (total - lo) · hop]
-        out = audio[:, (self.done - lo) * self.hop : (upto - lo) * self.hop]
-        self.done = upto
-        keep = max(0, self.done - self.context)
-        self.mel = self.mel[..., keep - self.first :]
-        self.first = keep
-        return out
+    def _step(self, mel: Optional[torch.Tensor], last: bool) -> torch.Tensor:
+        w = self.generator.conv_pre.weight  # the stream follows the vocoder's device and dtype
+        mel = w.new_zeros(1, self.generator.num_mels, 0) if mel is None else mel
+        self.vocoder._check_input(mel)
+        if mel.shape[-1] == 0 and not last:
+            return w.new_zeros(1, 0)
+        audio = self.layers.step(mel.to(device=w.device, dtype=w.dtype), last)[:, 0]  # [1, samples]
+        if last:
+            self.reset()
+        return audio

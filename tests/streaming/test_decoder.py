@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from luna.errors import ConfigError
 from luna.models.vocoder import HiFiGANGenerator, HiFiGANVocoder, hifigan_generator_config
@@ -48,7 +49,30 @@ def test_streamed_audio_equals_detokenize_with_a_hifigan(tiny_causal):
     audio = torch.cat([*(dec.push(c) for c in chunks(codes, g)), dec.flush()], dim=-1)
     assert audio.shape == whole.shape
     assert (audio - whole).abs().max() <= 1e-5
-    assert dec.vocoder.lookahead == 12  # V3's receptive field in mel frames: 120 ms at hop 160, 16 kHz
+    assert 0 < dec.vocoder.delay <= 12 * 160  # within V3's receptive field (12 mel frames = 120 ms at hop 160)
+
+
+def test_the_stream_decoder_computes_each_frame_once(causal_12hz, monkeypatch):
+    """No recomputed context: the stream's Conv1d calls (its start-of-stream zero padding included) produce exactly
+    as many output frames as ``decode_mel`` on the whole clip does (the upsampler is an overlap-add matmul)."""
+    tok = causal_12hz
+    codes = tok.tokenize(speechlike(1.5, tok.sample_rate, seed=4), tok.sample_rate)
+    frames = []
+    conv1d = F.conv1d
+
+    def counting(*args, **kwargs):
+        y = conv1d(*args, **kwargs)
+        frames.append(y.shape[-1])
+        return y
+
+    monkeypatch.setattr(F, "conv1d", counting)
+    tok.decode_mel(codes)
+    whole, frames[:] = sum(frames), []
+    dec = tok.stream_decoder(vocoder=False)
+    g = torch.Generator().manual_seed(8)
+    mel = torch.cat([dec.push_mel(c) for c in chunks(codes, g)], dim=-1)
+    assert sum(frames) == whole
+    assert mel.shape[-1] == codes.shape[-1] * tok.config.encoder_stride
 
 
 def test_griffinlim_cannot_stream(tiny_causal):
