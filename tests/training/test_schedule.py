@@ -71,8 +71,8 @@ def test_exponential_decays_once_per_epoch():
 def test_adamw_takes_its_settings_from_the_config_node():
     p = [torch.nn.Parameter(torch.zeros(3))]
     o = SimpleNamespace(betas=[0.8, 0.95], weight_decay=0.05, eps=1e-7)
-    opt = adamw(p, o, lr=1e-3)
+    opt = adamw(p, o, lr=3e-4)  # not AdamW's default 1e-3
     assert isinstance(opt, torch.optim.AdamW)
     d = opt.defaults
-    assert (d["lr"], d["betas"], d["weight_decay"], d["eps"], d["fused"]) == (1e-3, (0.8, 0.95), 0.05, 1e-7, True)
+    assert (d["lr"], d["betas"], d["weight_decay"], d["eps"], d["fused"]) == (3e-4, (0.8, 0.95), 0.05, 1e-7, True)
     assert adamw(p, o, lr=1e-3, betas=[0.5, 0.9]).defaults["betas"] == (0.5, 0.9)  # an explicit override wins
