@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from tests.conftest import compose_train
-from tests.training.helpers import TINY, assert_same_tensors, kill_at_step, load, metrics, run_train
+from tests.training.helpers import TINY, assert_resumed_at, assert_same_tensors, kill_at_step, load, metrics, run_train
 
 
 def test_loss_falls_on_a_short_overfit_run(tmp_path):
@@ -42,6 +42,7 @@ def test_every_steps_writes_last_mid_epoch(tmp_path):
     assert not list((tmp_path / "checkpoints").glob("epoch_*.pt"))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("workers", [0, 2])
 def test_sigkill_and_restart_gives_bit_identical_weights(tmp_path, workers):
     total = 14  # crosses an epoch boundary (9 steps per epoch)
@@ -52,7 +53,7 @@ def test_sigkill_and_restart_gives_bit_identical_weights(tmp_path, workers):
     at = random.Random(workers).randint(3, total - 3)
     reached = kill_at_step(cut, common, at)
     assert reached < total, "the run finished before it could be killed; the test proves nothing"
-    run_train(cut, common)  # the same command again: resume=auto
+    assert_resumed_at(run_train(cut, common), reached)  # the same command again: resume=auto
     a, b = load(ref / "checkpoints" / "last.pt"), load(cut / "checkpoints" / "last.pt")
     assert a["step"] == b["step"] == total
     assert_same_tensors(a["model"], b["model"])
