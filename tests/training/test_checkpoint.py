@@ -48,7 +48,7 @@ def test_rng_state_holds_plain_containers_and_tensors():
 def test_non_finite_tensors_names_each_bad_tensor_by_its_path():
     nan, inf = float("nan"), float("inf")
     state = {"enc": {"w": torch.tensor([1.0, nan]), "b": torch.zeros(2)},
-             "groups": [torch.ones(1), torch.tensor([-inf])], "pair": (torch.tensor([inf]),),
+             "groups": [torch.ones(1), torch.tensor([-inf]), torch.ones(1)], "pair": (torch.tensor([inf]), torch.ones(1)),
              "count": torch.tensor([3]), "note": "text", "lr": nan}  # integer tensors and non-tensors are not judged
     assert non_finite_tensors(state) == ["enc.w", "groups[1]", "pair[0]"]
     assert non_finite_tensors(state, "model") == ["model.enc.w", "model.groups[1]", "model.pair[0]"]
@@ -130,3 +130,22 @@ def test_load_refuses_a_file_that_is_not_a_training_checkpoint(tmp_path):
     atomic_save(_state(7), tmp_path / "ok.pt")
     state = CheckpointManager.load(tmp_path / "ok.pt")
     assert state["step"] == 7 and state["model"]["w"].device.type == "cpu"
+    assert CheckpointManager.load(tmp_path / "ok.pt", map_location="meta")["model"]["w"].device.type == "meta"
+
+
+def test_cuda_generators_are_saved_and_restored_only_where_there_are_some(monkeypatch):
+    """The CUDA arm without a GPU: a fake torch.cuda records what rng_state/set_rng_state do with it."""
+    calls = []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_rng_state_all", lambda: [torch.tensor([7, 8], dtype=torch.uint8)])
+    monkeypatch.setattr(torch.cuda, "set_rng_state_all", lambda states: calls.append([s.tolist() for s in states]))
+    s = rng_state()
+    assert [t.tolist() for t in s["cuda"]] == [[7, 8]]
+    set_rng_state(s)
+    assert calls == [[[7, 8]]]
+    set_rng_state({**s, "cuda": []})  # a checkpoint from a CPU run resumed on a GPU: CUDA generators left alone
+    assert calls == [[[7, 8]]]
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    set_rng_state(s)  # a GPU checkpoint resumed on CPU: nothing to restore them into
+    assert calls == [[[7, 8]]]
+    assert rng_state()["cuda"] == []
