@@ -204,3 +204,27 @@ def test_training_on_a_folder_with_broken_files_logs_what_it_skipped(tmp_path):
     assert rows["truncated.flac"][2] == "decoding" and rows["truncated.flac"][1]  # e.g. a failed seek
     assert all(p.is_file() and p.parent.parent == root for p, _, _ in rows.values())
     assert f"(the files, with reasons: {listing})" in log
+
+
+def _wall_clock_run(tmp_path, caplog):
+    from luna.training.launch import train
+
+    caplog.set_level(logging.INFO, logger="luna")
+    # 3 ms of budget: the first step already exceeds it; 10000 steps would take minutes
+    m = train(_in_process_cfg(tmp_path, ["trainer.max_steps=10000", "trainer.max_minutes=0.00005",
+                                         "trainer.val_every_steps=0"]))
+    return m, [r.getMessage() for r in caplog.records]
+
+
+def test_wall_clock_budget_stops_the_run_early_and_saves_last(tmp_path, caplog):
+    m, _ = _wall_clock_run(tmp_path, caplog)
+    last = load(tmp_path / "checkpoints" / "last.pt")
+    assert 1 <= m["step"] == last["step"] < 10 and last["batch_pos"] == last["step"]  # stopped mid-epoch, saved
+    assert metrics(tmp_path)["step"] == m["step"]
+
+
+@pytest.mark.xfail(strict=True, reason="the loop stops on trainer.max_minutes without a log line saying why "
+                                        "(luna/training/loop.py, being rewritten on main); drop this mark once it does")
+def test_wall_clock_stop_is_logged(tmp_path, caplog):
+    _, messages = _wall_clock_run(tmp_path, caplog)
+    assert any("max_minutes" in msg for msg in messages), messages
