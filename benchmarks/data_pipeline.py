@@ -5,8 +5,11 @@ FLAC), 1 s segments resampled to the default model's rate (``model=rvq8``: 22.05
 crops, loop over the loader only (no model). The split is repeated so one epoch is long enough that
 worker start-up (reported as ``first_batch_s``) does not dominate. Each worker runs one torch thread (the
 DataLoader default); with ``num_workers=0`` the main process is limited to one thread too. A third row
-reads the same crops at the files' own 16 kHz (no resampling), so the resampler's share is visible.
-Target: >= 2000x realtime per core.
+reads the same crops at the files' own 16 kHz (no resampling), so the resampler's share is visible. A fourth
+row reads the same crops from the decoded-audio cache (``data.cache=true``: one memory-mapped int16 array,
+built once before the timing, in a temporary directory), with ``vs_decode``: its per-core figure over the
+first row's, measured in the same run.
+Targets: >= 2000x realtime per core decoding; >= 20,000x from the cache.
 
     python -m benchmarks.data_pipeline [--quick]
 """
@@ -15,6 +18,7 @@ from __future__ import annotations
 import argparse
 import os
 import resource
+import tempfile
 import time
 from typing import Dict, List
 
@@ -23,6 +27,7 @@ from omegaconf import OmegaConf
 
 from luna.config import DataConfig
 from luna.data import BUNDLED, SegmentDataset, make_loader, prepare, split_of
+from luna.data.cache import open_cache
 
 SAMPLE_RATE = 22050  # model=rvq8 (the default tokenizer), the universal HiFi-GAN mel convention
 FILE_RATE = 16000  # the bundled corpus
@@ -30,11 +35,12 @@ SEGMENT_SECONDS = 1.0
 BATCH = 16
 
 
-def _dataset(min_items: int, sample_rate: int = SAMPLE_RATE) -> SegmentDataset:
+def _dataset(min_items: int, sample_rate: int = SAMPLE_RATE, cache_dir: str = None) -> SegmentDataset:
     cfg = OmegaConf.structured(DataConfig(root=str(BUNDLED), kind="librispeech", subsets=["train-clean-100"]))
     train = [e for e in prepare(cfg).entries if split_of(e.id, cfg.val_fraction) == "train"]
     repeats = -(-min_items // len(train))
-    return SegmentDataset(train * repeats, sample_rate, SEGMENT_SECONDS, train=True, seed=0)
+    cache = open_cache(train, sample_rate, cache_dir, "bench", workers=1) if cache_dir else None
+    return SegmentDataset(train * repeats, sample_rate, SEGMENT_SECONDS, train=True, seed=0, cache=cache)
 
 
 def _khz(rate: int) -> str:
@@ -65,7 +71,7 @@ def _measure(ds: SegmentDataset, workers: int, epochs: int) -> Dict[str, float]:
 
 
 def run(quick: bool = False) -> List[dict]:
-    """Rows for ``num_workers`` 0 and N. ``luna`` is per core: audio seconds per CPU second of every process
+    """Rows for ``num_workers`` 0 and N, no resampling, and the cache. ``luna`` is per core: audio seconds per CPU second of every process
     involved (main + workers), which a busy shared machine does not distort; ``wall_x_realtime_per_worker``
     is the wall-clock figure divided by the number of loading processes."""
     threads = torch.get_num_threads()
@@ -77,22 +83,33 @@ def run(quick: bool = False) -> List[dict]:
         if not quick:
             _measure(ds, 0, 1)  # warm the page cache and the resampling kernels
         rows = []
-        for rate, workers in ((SAMPLE_RATE, 0), (SAMPLE_RATE, n_workers), (FILE_RATE, 0)):
-            m = _measure(ds if rate == SAMPLE_RATE else _dataset(items, rate), workers, 1 if quick else 2)
-            source = "no resampling" if rate == FILE_RATE else f"from {_khz(FILE_RATE)}"
-            rows.append({
-                "what": f"1 s train segments @ {_khz(rate)} ({source}) of 16 kHz FLAC, batch {BATCH}, "
-                        f"num_workers={workers}",
-                "luna": round(m["cpu_x_realtime"], 1),
-                "unit": "x realtime",
-                "threads": 1,
-                "workers": workers,
-                "wall_x_realtime_per_worker": round(m["wall_x_realtime"] / max(1, workers), 1),
-                "wall_x_realtime_total": round(m["wall_x_realtime"], 1),
-                "first_batch_s": round(m["first_batch_s"], 3),
-                "items_per_epoch": len(ds),
-                "cpu_count": os.cpu_count(),
-            })
+        with tempfile.TemporaryDirectory(prefix="luna_bench_cache") as cache_dir:
+            t0 = time.perf_counter()
+            cached = _dataset(items, SAMPLE_RATE, cache_dir)
+            build_s = time.perf_counter() - t0
+            if not quick:
+                _measure(cached, 0, 1)  # fault the memory map in, as a second epoch would
+            for rate, workers, cache in ((SAMPLE_RATE, 0, False), (SAMPLE_RATE, n_workers, False),
+                                         (FILE_RATE, 0, False), (SAMPLE_RATE, 0, True)):
+                data = cached if cache else ds if rate == SAMPLE_RATE else _dataset(items, rate)
+                m = _measure(data, workers, 1 if quick else 2)
+                source = "no resampling" if rate == FILE_RATE else f"from {_khz(FILE_RATE)}"
+                what = (f"1 s train segments @ {_khz(rate)} ({source}) of 16 kHz FLAC, batch {BATCH}, "
+                        f"num_workers={workers}")
+                rows.append({
+                    "what": f"{what}, from the data.cache memory map" if cache else what,
+                    "luna": round(m["cpu_x_realtime"], 1),
+                    "unit": "x realtime",
+                    "threads": 1,
+                    "workers": workers,
+                    "wall_x_realtime_per_worker": round(m["wall_x_realtime"] / max(1, workers), 1),
+                    "wall_x_realtime_total": round(m["wall_x_realtime"], 1),
+                    "first_batch_s": round(m["first_batch_s"], 3),
+                    "items_per_epoch": len(data),
+                    "cpu_count": os.cpu_count(),
+                })
+            rows[-1]["vs_decode"] = round(rows[-1]["luna"] / rows[0]["luna"], 1)
+            rows[-1]["cache_build_s"] = round(build_s, 2)
         return rows
     finally:
         torch.set_num_threads(threads)

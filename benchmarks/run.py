@@ -245,16 +245,17 @@ def run_sections(sections: Sequence[str], quick: bool, smoke: bool = False) -> L
 
 #: benchmarks/data_pipeline.py's own target (its docstring): audio seconds per CPU second, per core
 DATA_PIPELINE_TARGET = 2000.0
+DATA_CACHE_TARGET = 20000.0  # the row read from the data.cache memory map (it carries vs_decode)
 
 
 def _data_pipeline_rows(raw: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
     rows = []
     for r in raw:
         extra = {k: v for k, v in r.items() if k not in ("what", "luna", "unit", "threads")}
+        target = DATA_CACHE_TARGET if "vs_decode" in r else DATA_PIPELINE_TARGET
         rows.append(row(
             "data_pipeline", r["what"], r["luna"], None, f"{r['unit']} per core", r["threads"], "cpu",
-            lower_is_better=False, target=f">= {DATA_PIPELINE_TARGET:g}x realtime per core",
-            met=r["luna"] >= DATA_PIPELINE_TARGET,
+            lower_is_better=False, target=f">= {target:g}x realtime per core", met=r["luna"] >= target,
             note=(f"audio s per CPU s of all loading processes; wall clock: {r['wall_x_realtime_total']}x realtime "
                   f"in total with {r['workers']} workers (benchmarks/data_pipeline.py)"),
             **extra,

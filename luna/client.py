@@ -2,13 +2,16 @@
 
 ``tokenize_stream(url, audio, sr)`` streams chunks and collects codes as they arrive; ``tokenize_turn`` sends one
 utterance and gets all codes and the reconstruction. ``stream_async`` is the asyncio core (many streams in one
-loop, per-chunk latencies). ``python -m luna.client URL FILE [--turn] [--audio]`` prints a summary.
+loop, per-chunk latencies). ``python -m luna.client URL FILE [--turn] [--audio] [--token T]`` prints a summary.
+A server started with a token needs it: ``token=`` (sent as the header ``Authorization: Bearer TOKEN``); the
+command line reads ``--token`` or the environment variable ``LUNA_SERVE_TOKEN``.
 """
 from __future__ import annotations
 
 import argparse
 import asyncio
 import json
+import os
 import time
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Tuple
@@ -16,6 +19,7 @@ from typing import Any, Dict, List, Optional, Tuple
 import numpy as np
 import torch
 from websockets.asyncio.client import connect
+from websockets.exceptions import InvalidHandshake
 
 from luna.cli import entry_point
 from luna.errors import ConfigError, ServerError, one_line
@@ -38,7 +42,7 @@ def _raise_if_error(msg: Dict[str, Any]) -> None:
 
 async def stream_async(url: str, audio: Any, sample_rate: int, *, mode: str = "stream", chunk_ms: float = 40.0,
                        audio_out: bool = False, fmt: str = "f32le", num_quantizers: Optional[int] = None,
-                       realtime: bool = False) -> Result:
+                       realtime: bool = False, token: Optional[str] = None) -> Result:
     """Send ``audio [S]`` in ``chunk_ms`` chunks (paced at real time if ``realtime``), then ``end``; collect replies."""
     pcm = encode_pcm(audio, fmt)  # bytes
     width = 4 if fmt == "f32le" else 2
@@ -47,7 +51,8 @@ async def stream_async(url: str, audio: Any, sample_rate: int, *, mode: str = "s
     hello = {"type": "hello", "mode": mode, "sample_rate": int(sample_rate), "format": fmt, "audio": audio_out}
     if num_quantizers is not None:
         hello["num_quantizers"] = num_quantizers
-    async with connect(url, max_size=None) as ws:
+    headers = {"Authorization": f"Bearer {token}"} if token else None
+    async with connect(url, max_size=None, additional_headers=headers) as ws:
         await ws.send(json.dumps(hello))
         ready = json.loads(await ws.recv())
         _raise_if_error(ready)
@@ -95,16 +100,17 @@ async def stream_async(url: str, audio: Any, sample_rate: int, *, mode: str = "s
         return Result(all_codes, rec, ready, msg, latencies)
 
 
-def tokenize_stream(url: str, audio: Any, sample_rate: int, chunk_ms: float = 40.0,
-                    audio_out: bool = False) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+def tokenize_stream(url: str, audio: Any, sample_rate: int, chunk_ms: float = 40.0, audio_out: bool = False,
+                    token: Optional[str] = None) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
     """Stream ``audio [S]``: (codes ``[1, n, T]``, reconstruction ``[1, S']`` or None)."""
-    r = asyncio.run(stream_async(url, audio, sample_rate, chunk_ms=chunk_ms, audio_out=audio_out))
+    r = asyncio.run(stream_async(url, audio, sample_rate, chunk_ms=chunk_ms, audio_out=audio_out, token=token))
     return r.codes, r.audio
 
 
-def tokenize_turn(url: str, audio: Any, sample_rate: int, audio_out: bool = True) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+def tokenize_turn(url: str, audio: Any, sample_rate: int, audio_out: bool = True,
+                  token: Optional[str] = None) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
     """One utterance: (codes ``[1, n, T]`` = ``tokenize``, reconstruction ``[1, T × samples_per_token]`` or None)."""
-    r = asyncio.run(stream_async(url, audio, sample_rate, mode="turn", chunk_ms=1000.0, audio_out=audio_out))
+    r = asyncio.run(stream_async(url, audio, sample_rate, mode="turn", chunk_ms=1000.0, audio_out=audio_out, token=token))
     return r.codes, r.audio
 
 
@@ -118,11 +124,13 @@ def main(argv: Optional[List[str]] = None) -> None:
     p.add_argument("--turn", action="store_true", help="turn mode (default: stream)")
     p.add_argument("--audio", action="store_true", help="also receive the reconstruction")
     p.add_argument("--chunk-ms", type=float, default=40.0)
+    p.add_argument("--token", default=os.environ.get("LUNA_SERVE_TOKEN"), help="the server's token (default: $LUNA_SERVE_TOKEN)")
     a = p.parse_args(argv)
     wav, sr = audio_io.load(a.file)
     try:
-        r = asyncio.run(stream_async(a.url, wav, sr, mode="turn" if a.turn else "stream", chunk_ms=a.chunk_ms, audio_out=a.audio))
-    except OSError as e:  # a refused connection: a user error like the others (one line, exit 2)
+        r = asyncio.run(stream_async(a.url, wav, sr, mode="turn" if a.turn else "stream", chunk_ms=a.chunk_ms,
+                                     audio_out=a.audio, token=a.token))
+    except (OSError, InvalidHandshake) as e:  # refused (no server, 401, 403): a user error (one line, exit 2)
         raise ConfigError(f"{a.url}: cannot connect ({one_line(e)})") from None
     print(f"{r.codes.shape[-1]} frames x {r.codes.shape[1]} quantizers ({r.ready['frame_rate']:.4g} tokens/s)")
     print("first codes:", r.codes[0, :, :8].tolist())

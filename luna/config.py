@@ -112,7 +112,8 @@ class DataConfig:
     download: bool = False
     base_url: str = "https://www.openslr.org/resources/12"
     md5: Dict[str, str] = field(default_factory=dict)  # archive name -> md5 sum
-    cache_dir: Optional[str] = None  # where manifests go (default: <root>/.luna_manifests)
+    cache_dir: Optional[str] = None  # where manifests go (default: <root>/.luna_manifests); with cache: also <cache_dir>/audio
+    cache: bool = False  # decode + resample every file once into a memory map (luna/data/cache.py); crops slice it
     segment_seconds: float = 1.0
     crops_per_file: int = 1  # training items per file per epoch (each its own random crop)
     val_fraction: float = 0.05
@@ -197,6 +198,9 @@ class TrainerConfig:
     # never before max(optimizer.warmup_steps, model.revival_grace_steps, 1/(1-model.ema_decay)) steps)
     alarm_perplexity: float = 2.0  # warn when a quantizer's perplexity falls below this
     deterministic: bool = False
+    compile: bool = False  # torch.compile the networks (mel, encoder, decoder; the vocoder's generator and
+    # discriminators); the quantizer stays eager. Tested on CPU: losses equal eager within 1e-4
+    compile_mode: Optional[str] = None  # torch.compile mode: null (default) | reduce-overhead (CUDA graphs) | max-autotune
     progress: bool = True
 
 
@@ -276,6 +280,13 @@ class ServeConfig:
     max_turn_seconds: float = 300.0  # longest utterance a turn buffers (at the client's rate)
     sample_rates: List[int] = field(default_factory=lambda: [8000, 16000, 22050, 24000, 32000, 44100, 48000])
     ping_interval: Optional[float] = 20.0  # websocket keepalive (seconds; null: off)
+    max_connections: int = 64  # more are answered error busy, close 1013 (try again later)
+    hello_timeout: float = 10.0  # seconds from connect to the hello (error hello_timeout)
+    idle_timeout: Optional[float] = 60.0  # seconds without a frame while nothing is pending (null: off)
+    max_buffered_bytes: int = 256 << 20  # decoded audio held by all connections together (error busy)
+    job_seconds: float = 1.0  # stream chunks are computed in jobs of at most this much audio (fair turns)
+    allowed_origins: List[str] = field(default_factory=list)  # browser origins; no Origin header is always allowed
+    token: Optional[str] = None  # required from clients when set (header Authorization: Bearer, or the hello)
 
 
 GROUPS = {
@@ -336,4 +347,5 @@ def typed(schema: type, cfg: Any) -> DictConfig:
     try:
         return OmegaConf.merge(OmegaConf.structured(schema), data)
     except Exception as e:  # omegaconf's ValidationError / ConfigKeyError: one line naming the key
-        raise ConfigError(" ".join(str(e).split("\n")[0].split())) from None
+        message, key = " ".join(str(e).split("\n")[0].split()), getattr(e, "full_key", None)
+        raise ConfigError(f"{key}: {message}" if key and key not in message else message) from None

@@ -9,12 +9,13 @@ import logging
 import os
 import tempfile
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, Dict
 
 import torch
 import torch.distributed as dist
 
 from luna.devices import resolve_device
+from luna.errors import TrainingError
 
 log = logging.getLogger("luna.distributed")
 
@@ -108,13 +109,13 @@ def all_reduce_mean(t: torch.Tensor) -> torch.Tensor:
     return t
 
 
-def broadcast_flag(flag: bool, device: torch.device) -> bool:
-    """Rank 0's decision, on every rank (e.g. a wall-clock stop)."""
+def broadcast_value(value: float, device: torch.device) -> float:
+    """Rank 0's value, on every rank (e.g. its wall clock)."""
     if not (dist.is_available() and dist.is_initialized()):
-        return flag
-    t = torch.tensor([1 if flag else 0], device=device)
+        return value
+    t = torch.tensor([float(value)], device=device, dtype=torch.float64)
     dist.broadcast(t, 0)
-    return bool(t.item())
+    return float(t.item())
 
 
 def wrap(module: torch.nn.Module, env: DistEnv) -> torch.nn.Module:
@@ -127,7 +128,13 @@ def wrap(module: torch.nn.Module, env: DistEnv) -> torch.nn.Module:
     return DDP(module, device_ids=ids, broadcast_buffers=False)
 
 
-def all_finite(*tensors: torch.Tensor) -> bool:
-    """True on every rank iff every tensor is finite on every rank."""
-    ok = torch.stack([torch.isfinite(t).all() for t in tensors]).all().float()
-    return bool(all_reduce_mean(ok) == 1.0)
+@torch.no_grad()
+def check_in_sync(state: Dict[str, torch.Tensor], device: torch.device, step: int) -> None:
+    """Every rank must hold the same ``state`` (a module's state dict): per-tensor checksums are compared."""
+    sums = torch.stack([v.double().sum() for v in state.values()]).to(device)
+    gathered = [torch.empty_like(sums) for _ in range(dist.get_world_size())]
+    dist.all_gather(gathered, sums)
+    for r, g in enumerate(gathered[1:], start=1):
+        if not torch.equal(g, gathered[0]):
+            name = list(state)[int((g != gathered[0]).nonzero()[0])]
+            raise TrainingError(f"rank {r} diverged from rank 0 at step {step} (first differing tensor: {name})")

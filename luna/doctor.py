@@ -95,10 +95,12 @@ def _pystoi() -> str:
 
 
 def _vocoder() -> str:
-    from luna.pretrained import SIZE, universal_hifigan_files
+    from luna.pretrained import ENV, SIZE, locate_universal_hifigan
 
-    generator, _ = universal_hifigan_files()
-    return f"HiFi-GAN UNIVERSAL_V1 {SIZE:,} bytes, sha256 ok ({generator})"
+    files = locate_universal_hifigan(key="vocoder")  # the file every use of the pretrained HiFi-GAN would read
+    if files.source.startswith(ENV):
+        return f"HiFi-GAN UNIVERSAL_V1 from {files.source} (explicit: size and sha256 not checked)"
+    return f"HiFi-GAN UNIVERSAL_V1 {SIZE:,} bytes, sha256 ok ({files.generator})"
 
 
 def _devices() -> str:

@@ -17,6 +17,7 @@ from luna.cli import entry_point
 from luna.config import CONF_DIR
 from luna.devices import resolve_device
 from luna.models.load import load_tokenizer
+from luna.serving.admission import check_limits
 from luna.serving.server import Server
 from luna.validation import validate
 
@@ -27,6 +28,7 @@ log = logging.getLogger("luna.serve")
 @entry_point
 def main(cfg: DictConfig) -> None:
     validate(cfg)  # every cross-field rule (port range, queue sizes, rates, checkpoint, device), before anything
+    check_limits(cfg)  # connections, timeouts, audio budget, origins, token: before the checkpoint is loaded
     if cfg.threads is not None:
         torch.set_num_threads(int(cfg.threads))
     device = resolve_device(cfg.device)

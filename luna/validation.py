@@ -108,6 +108,7 @@ RULES = {
     "trainer.grad_clip": (">=", 0),
     "trainer.accumulate": (">=", 1),
     "trainer.max_bad_steps": (">=", 1),
+    "trainer.compile_mode": ("in", (None, "default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")),
     "vocoder.kind": ("in", ("griffinlim", "hifigan", "hifigan_universal")),
     "vocoder.discriminator_width": ("range", 0, 1, True, False),
     "vocoder.init": ("file", ("universal",)),

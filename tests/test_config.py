@@ -119,6 +119,7 @@ def test_invalid_values_are_rejected_naming_the_key(override, key):
         ("trainer.max_epochs=abc", "max_epochs"),
         ("hardware.gpu=2", "hardware.gpu"),
         ("seed=x", "seed"),
+        ("data.cache=maybe", "data.cache"),
     ],
 )
 def test_wrong_types_and_unknown_keys_fail_at_compose_time(override, key):

@@ -3,7 +3,7 @@
 Typical use (rank 0 first, then every rank)::
 
     report = prepare(cfg.data)                                  # download + index, rank 0 only
-    train_ds, val_ds, info = build_datasets(cfg.data, sample_rate=24000, seed=cfg.seed)
+    train_ds, val_ds, info = build_datasets(cfg.data, sample_rate=24000, seed=cfg.seed)  # data.cache: + decode once
     loader = make_loader(train_ds, batch_size, train=True, seed=cfg.seed, epoch=epoch,
                          rank=rank, world_size=world, num_workers=4, start_batch=resume_batch)
 """

@@ -20,6 +20,7 @@ import torchaudio
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from luna.audio import AudioError, load, resample
+from luna.data.cache import AudioCache, open_split_caches
 from luna.data.librispeech import DataError, ensure_subsets
 from luna.data.manifest import Entry, ManifestReport, build_manifest, record_skipped, split_key
 
@@ -41,11 +42,15 @@ class SegmentDataset(Dataset):
     ``skipped_log``, when set) and the item falls back deterministically to the next index, so every rank
     still gets full batches; ``failed`` counts the files skipped for the item.
 
+    ``cache`` (``data.cache=true``, luna/data/cache.py): the same crops sliced from the decoded, resampled
+    files in a memory map instead of decoded per item (equal to int16 precision); failures are handled alike.
+
     Item: ``audio`` float32 ``[segment_samples]``, ``length`` int64 ``[]``, ``failed`` int64 ``[]``.
     """
 
     def __init__(self, entries: Sequence[Entry], sample_rate: int, segment_seconds: float, train: bool,
-                 seed: int = 0, crops_per_file: int = 1, skipped_log: Optional[str] = None):
+                 seed: int = 0, crops_per_file: int = 1, skipped_log: Optional[str] = None,
+                 cache: Optional[AudioCache] = None):
         if segment_seconds <= 0:
             raise ValueError(f"segment_seconds must be > 0, got {segment_seconds}")
         # numpy arrays, not a list of objects: forked workers would touch (and so copy) every refcount
@@ -64,6 +69,10 @@ class SegmentDataset(Dataset):
         self.crops_per_file = int(crops_per_file) if train else 1
         if self.crops_per_file < 1:
             raise ValueError(f"crops_per_file must be >= 1, got {crops_per_file}")
+        if cache is not None and cache.sample_rate != self.sample_rate:
+            raise ValueError(f"the cache holds {cache.sample_rate} Hz audio, the dataset needs {self.sample_rate} Hz")
+        self.cache = cache
+        self._rows = cache.rows(e.path for e in entries) if cache is not None else None  # entry -> cache row
 
     @property
     def num_files(self) -> int:
@@ -117,6 +126,8 @@ class SegmentDataset(Dataset):
     def _segment(self, i: int, index: int) -> Tuple[torch.Tensor, int]:
         frames, sr, seg = int(self._frames[i]), int(self._rates[i]), self.segment_samples
         start = self.crop_start(index, i)
+        if self.cache is not None:  # start is on the grid: an exact sample of the resampled file
+            return self.cache.segment(int(self._rows[i]), start * self.sample_rate // sr, seg)
         unit, out_unit, context = _grid(sr, self.sample_rate)
         left = min(context, start)
         first = start - left
@@ -224,15 +235,21 @@ def make_loader(
                       persistent_workers=False, generator=generator)
 
 
-def prepare(data_cfg: Any) -> ManifestReport:
-    """Download what is missing, then build or load the manifests of ``subsets`` and ``val_subsets``.
+def prepare(data_cfg: Any, sample_rate: Optional[int] = None) -> ManifestReport:
+    """Download what is missing, then build or load the manifests of ``subsets`` and ``val_subsets``; with
+    ``data.cache`` and a ``sample_rate``, also build (or check) both splits' decoded-audio caches.
 
     Run it on rank 0 (or once per node) before the other ranks call :func:`build_datasets`, so only one
-    process downloads and indexes.
+    process downloads and indexes. The caches need no ``sample_rate`` here: :func:`build_datasets` builds
+    them under a file lock (one rank decodes, the others wait outside any collective, then load).
     """
     root = ensure_subsets(data_cfg)
     subsets = list(dict.fromkeys([*data_cfg.subsets, *data_cfg.val_subsets]))
-    return build_manifest(root, data_cfg.kind, subsets, data_cfg.cache_dir)
+    report = build_manifest(root, data_cfg.kind, subsets, data_cfg.cache_dir)
+    if sample_rate and data_cfg.get("cache", False):
+        train, val, _ = split_entries(data_cfg, report)
+        open_split_caches(data_cfg, train, val, sample_rate)
+    return report
 
 
 @dataclass(frozen=True)
@@ -257,19 +274,8 @@ class DataInfo:
                 f"({self.val_hours:.2f} h, {self.val_source}), {self.failed} unreadable skipped, root {self.root}")
 
 
-def build_datasets(data_cfg: Any, sample_rate: int, seed: int, report: Optional[ManifestReport] = None,
-                   skipped_log: Optional[str] = None) -> Tuple[SegmentDataset, SegmentDataset, DataInfo]:
-    """(train, val, info) from a data config; val at most ``data.max_val_items`` files (``<= 0``: all).
-
-    ``report``: what :func:`prepare` returned, if this process called it already (else it is called here).
-    ``skipped_log``: the TSV both datasets add files to that fail only when decoded (see SegmentDataset).
-
-    Val is ``data.val_subsets`` when set, else the ``val_fraction`` hash split of ``data.subsets``
-    (:func:`~luna.data.manifest.split_of`). If a tiny corpus gets no val file by hash, the file with
-    the smallest hash key goes to val. The cap keeps the files with the smallest hash keys, so it is
-    the same on every machine and mostly unchanged when files are added.
-    """
-    report = report if report is not None else prepare(data_cfg)
+def split_entries(data_cfg: Any, report: ManifestReport) -> Tuple[List[Entry], List[Entry], str]:
+    """(train, val, where val comes from): the split :func:`build_datasets` documents."""
     val_subsets = list(data_cfg.val_subsets)
     fraction = float(data_cfg.val_fraction)
     if val_subsets:
@@ -290,10 +296,30 @@ def build_datasets(data_cfg: Any, sample_rate: int, seed: int, report: Optional[
         raise DataError(f"no training files under {report.root} (subsets {list(data_cfg.subsets)})")
     if data_cfg.max_val_items > 0 and len(val) > data_cfg.max_val_items:
         val = sorted(sorted(val, key=lambda e: split_key(e.id))[: data_cfg.max_val_items], key=lambda e: e.id)
+    return train, val, val_source
+
+
+def build_datasets(data_cfg: Any, sample_rate: int, seed: int, report: Optional[ManifestReport] = None,
+                   skipped_log: Optional[str] = None) -> Tuple[SegmentDataset, SegmentDataset, DataInfo]:
+    """(train, val, info) from a data config; val at most ``data.max_val_items`` files (``<= 0``: all).
+
+    ``report``: what :func:`prepare` returned, if this process called it already (else it is called here).
+    ``skipped_log``: the TSV both datasets add files to that fail only when decoded (see SegmentDataset).
+
+    Val is ``data.val_subsets`` when set, else the ``val_fraction`` hash split of ``data.subsets``
+    (:func:`~luna.data.manifest.split_of`). If a tiny corpus gets no val file by hash, the file with
+    the smallest hash key goes to val. The cap keeps the files with the smallest hash keys, so it is
+    the same on every machine and mostly unchanged when files are added.
+    """
+    report = report if report is not None else prepare(data_cfg)
+    train, val, val_source = split_entries(data_cfg, report)
+    train_cache, val_cache = open_split_caches(data_cfg, train, val, sample_rate) if data_cfg.get("cache", False) \
+        else (None, None)
     segment = float(data_cfg.segment_seconds)
     train_ds = SegmentDataset(train, sample_rate, segment, train=True, seed=seed,
-                              crops_per_file=int(data_cfg.crops_per_file), skipped_log=skipped_log)
-    val_ds = SegmentDataset(val, sample_rate, segment, train=False, seed=seed, skipped_log=skipped_log)
+                              crops_per_file=int(data_cfg.crops_per_file), skipped_log=skipped_log, cache=train_cache)
+    val_ds = SegmentDataset(val, sample_rate, segment, train=False, seed=seed, skipped_log=skipped_log,
+                            cache=val_cache)
     info = DataInfo(
         root=str(report.root),
         val_source=val_source,

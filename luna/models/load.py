@@ -45,4 +45,4 @@ def attach_vocoder(tok: Any, vocoder: Any) -> None:
             raise
         except (ValueError, RuntimeError, OSError) as e:  # e.g. an unreadable official config.json
             raise ConfigError(f"vocoder: {one_line(e)}") from None
-    tok.set_vocoder(vocoder.to(tok.device))
+    tok.set_vocoder(vocoder)  # on the tokenizer's device and dtype, and following it from then on

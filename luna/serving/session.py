@@ -1,7 +1,7 @@
 """Per-utterance model state of one connection: a streaming session or a turn (whole-utterance) session.
 
-Both run on the server's compute thread, never on the event loop, and are used by one connection at a time
-(its jobs run one after another, in arrival order). ``push`` takes one chunk of PCM ``[S]`` at the client's rate,
+Both run off the event loop (model work on the server's compute workers) and are used by one connection at a
+time (its jobs run one after another, in arrival order). ``push`` takes one chunk of PCM ``[S]`` at the client's rate,
 ``flush`` ends the utterance; each returns an :class:`Output` (possibly empty) to send.
 """
 from __future__ import annotations
@@ -24,6 +24,14 @@ class Output:
     audio: Optional[torch.Tensor] = None  # [s] float32 reconstruction at the model rate, or None
 
 
+def concat(outputs: List[Output]) -> Output:
+    """Consecutive outputs of one session (a chunk pushed in pieces) → one."""
+    first = outputs[0]
+    audio = [o.audio for o in outputs if o.audio is not None]
+    return Output(first.index, torch.cat([o.codes for o in outputs], -1), first.audio_index,
+                  torch.cat(audio) if audio else None)
+
+
 class StreamSession:
     """Causal streaming: codes as soon as they are final (``tok.stream_encoder``), audio via ``tok.stream_decoder``.
 
@@ -31,8 +39,6 @@ class StreamSession:
     """
 
     def __init__(self, tok, hello: Hello):
-        if not hasattr(tok, "stream_encoder"):
-            raise ProtocolError("unsupported_mode", "stream mode needs SpeechTokenizer.stream_encoder, which this luna lacks; use mode turn")
         self.tok, self.hello = tok, hello
         try:
             self.encoder = tok.stream_encoder(hello.sample_rate)

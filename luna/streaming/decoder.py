@@ -26,13 +26,13 @@ class StreamingDecoder:
         self.tok = tok
         self.vocoder = None
         if vocoder is not False:
-            self.vocoder = StreamingVocoder(tok.vocoder if vocoder is None else vocoder.to(tok.device).eval(), lookahead)
+            self.vocoder = StreamingVocoder(tok.vocoder if vocoder is None else vocoder.to(tok.device, tok.dtype).eval(), lookahead)
         self.reset()
 
     def reset(self) -> None:
         d = self.tok.decoder
         dim = self.tok.quantizer.layers[0].codebook.shape[-1]
-        self.history = torch.zeros(1, dim, d.context, device=self.tok.device)  # [1, D, context] past latents
+        self.history = torch.zeros(1, dim, d.context, device=self.tok.device, dtype=self.tok.dtype)  # [1, D, context] past latents
         self.last_mel: Optional[torch.Tensor] = None
         self.skip = self.tok.frame_offset  # samples still to drop: the alignment ``detokenize`` applies
         if self.vocoder is not None:
@@ -44,7 +44,7 @@ class StreamingDecoder:
         tok = self.tok
         codes = codes.to(tok.device).long()
         if codes.shape[-1] == 0:
-            self.last_mel = torch.zeros(1, tok.config.mel.n_mels, 0, device=tok.device)
+            self.last_mel = torch.zeros(1, tok.config.mel.n_mels, 0, device=tok.device, dtype=tok.dtype)
             return self.last_mel
         z = torch.cat([self.history, tok.quantizer.decode(codes)], dim=-1)  # [1, D, context + t]
         self.history = z[..., z.shape[-1] - tok.decoder.context :]

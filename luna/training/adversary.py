@@ -6,7 +6,9 @@ The adversary owns its update (audiocraft's pattern), so the training loop knows
   generator's gradients flow through them, none land on them), and :meth:`accumulate` adds the gradient of the
   discriminator loss on (real, detached fake), scaled by ``1 / accumulate``;
 - when the generator's optimizer steps, a post-step hook on it clips and steps the discriminators' optimizer at
-  the generator's learning rate (skipped, like a generator step, if anything is non-finite on any rank).
+  the generator's learning rate. The loop calls that step every time (a skipped step is skipped on the device,
+  :mod:`luna.training.guard`), so the hook always runs: the discriminators skip with the generator (and when
+  their own loss or gradients are non-finite), and a skipped step's gradients are never carried over.
 
 Both players therefore update from the same point, from the same ``accumulate`` micro-batches, so
 ``trainer.accumulate = k`` is the batch ``k`` times larger (up to float rounding). HiFi-GAN's reference code steps
@@ -22,7 +24,8 @@ import torch
 
 from luna.training.discriminators import MultiPeriodDiscriminator, MultiScaleDiscriminator
 from luna.training.gan_losses import discriminator_loss, feature_loss, generator_loss
-from luna.distributed import DistEnv, all_finite, wrap
+from luna.distributed import DistEnv, wrap
+from luna.training.guard import all_ranks_finite, step_skipping
 from luna.training.schedule import adamw
 
 MPD_CHANNELS = (32, 128, 512, 1024, 1024)
@@ -44,7 +47,7 @@ class Adversary:
         self.accumulate_steps = int(cfg.trainer.accumulate)
         self.grad_clip = float(cfg.trainer.grad_clip)
         self.micro = 0  # micro-batches accumulated since the last step
-        self.last_loss = torch.zeros(())
+        self.last_loss = torch.zeros((), device=env.device)
         generator_optimizer.register_step_post_hook(self._step)
 
     @contextlib.contextmanager
@@ -68,8 +71,6 @@ class Adversary:
 
     def accumulate(self, y: torch.Tensor, y_hat: torch.Tensor) -> torch.Tensor:
         """Add this micro-batch's discriminator gradient (real ``y`` vs detached ``y_hat``); returns its loss."""
-        if self.micro == 0:
-            self.optimizer.zero_grad(set_to_none=True)  # a skipped step's gradients are not carried over
         p_r, p_g, _, _ = self.mpd_net(y, y_hat.detach())
         s_r, s_g, _, _ = self.msd_net(y, y_hat.detach())
         loss = discriminator_loss(p_r, p_g)[0] + discriminator_loss(s_r, s_g)[0]
@@ -84,8 +85,12 @@ class Adversary:
         norm = torch.nn.utils.clip_grad_norm_(self.params, self.grad_clip if self.grad_clip > 0 else float("inf"))
         for g in self.optimizer.param_groups:
             g["lr"] = generator_optimizer.param_groups[0]["lr"]
-        if self.micro and all_finite(self.last_loss, norm):
-            self.optimizer.step()
+        skip = ~all_ranks_finite(self.last_loss, norm)
+        generator_skipped = getattr(generator_optimizer, "found_inf", None)  # set by the loop or GradScaler
+        if generator_skipped is not None:
+            skip = skip | (generator_skipped > 0)
+        if self.micro:
+            step_skipping(self.optimizer, skip)
         self.optimizer.zero_grad(set_to_none=True)
         self.micro = 0
 

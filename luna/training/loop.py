@@ -1,10 +1,19 @@
 """The training loop: plain PyTorch, read top to bottom (nanoGPT-style); the task says what a batch costs.
 
 ``for step``: ``for micro in range(accumulate)`` → autocast → ``task.losses`` → backward; then clip → step (skipped
-when anything is non-finite on any rank) → log → validate → checkpoint → stop on max_steps, wall clock or a
-SLURM preemption signal. DDP comes from the environment (see :mod:`luna.training.launch`).
+on the device when anything is non-finite on any rank, :mod:`luna.training.guard`) → log → validate → checkpoint
+→ stop on max_steps, wall clock or a SLURM preemption signal. DDP comes from the environment (see
+:mod:`luna.training.launch`).
 
-Exact resume: the learning rate is a function of the step, every micro-step reseeds torch from
+The step never reads the device, so the host runs ahead of a GPU: what needs a device value or the ranks'
+agreement (losses, skipped steps, rank checksums, rank 0's clock, a preemption signal) is read at sync points,
+every ``logger.log_every_steps`` steps (single-process runs read their clock and signals every step: host only).
+
+With ``trainer.max_minutes`` the schedule's progress is the larger of step/total and elapsed/max_minutes, so a
+run stopped by its clock still ends with its learning rate annealed; such a run is reproducible in its steps,
+not bit-exact on resume (the clock is not).
+
+Exact resume (without ``max_minutes``): the learning rate is a function of the step, every micro-step reseeds torch from
 (seed, step, rank, micro-step), data crops are a function of (seed, epoch, index) and the loader skips the
 batches already consumed, so a run killed at any point and restarted from ``last.pt`` ends with the same
 weights as one never interrupted (CPU, fp32).
@@ -31,6 +40,7 @@ from luna.errors import TrainingError
 from luna.serialization import write_json
 from luna import distributed
 from luna.training.checkpoint import CheckpointManager, rng_state, set_rng_state
+from luna.training.guard import StepGuard
 from luna.training.loggers import build_trackers
 from luna.training.preemption import PreemptionWatch
 from luna.training.schedule import lr_at
@@ -102,7 +112,9 @@ class Loop:
         self.step = self.epoch = self.batch_pos = 0  # batch_pos: micro-batches of `epoch` already consumed
         self.best, self.first_val_loss, self.last_val = math.inf, None, {}
         self.elapsed_before, self.started = 0.0, time.time()
-        self.bad_steps = self.failed_items = self.sync_checks = 0
+        self.failed_items = self.sync_checks = 0
+        self.guard = StepGuard(self.device, t.max_bad_steps, t.grad_clip)
+        self.clock = 0.0  # wall-clock progress, elapsed / max_minutes (rank 0's, as of the last poll)
         self.trackers: Any = None
         self.preemption = PreemptionWatch()
         self._resume()
@@ -138,31 +150,25 @@ class Loop:
         last_log = (time.time(), self.step)
         bar = tqdm(total=self.total_steps, initial=self.step, disable=not (env.is_main and t.progress), desc="train",
                    mininterval=1.0 if os.isatty(2) else 30.0, dynamic_ncols=True)
-        stop = self.step >= self.total_steps
+        self.poll_clock()
+        lr, stop = self.lr_at(self.step), self.step >= self.total_steps or self.clock >= 1
         while not stop and self.epoch < t.max_epochs:
             task.model.train()
             for micro_batches in self._steps(end):
                 # ---- one optimizer step: forward/backward over `accumulate` micro-batches ----
                 lr = self.lr_at(self.step)
-                for micro, batch in enumerate(micro_batches):
-                    torch.manual_seed(step_seed(cfg.seed, self.step, env.rank, micro))
-                    audio = batch["audio"].to(self.device, non_blocking=True)
-                    lengths = batch["length"].to(self.device, non_blocking=True)
-                    self.failed_items += int(batch["failed"].sum())
-                    sync = not env.distributed or micro == self.accumulate - 1
-                    with contextlib.nullcontext() if sync else task.net.no_sync(), self.autocast():
-                        loss, terms = task.losses(audio, lengths)
-                    self.scaler.scale(loss / self.accumulate).backward()
-                    terms = {"loss": loss.detach().float(), **{k: v.detach().float() for k, v in terms.items()}}
-                    for k, v in terms.items():
-                        sums[k] = sums.get(k, 0) + v
-                grad_norm = self.optimizer_step(lr, terms["loss"])
+                self.failed_items += sum(int(b["failed"].sum()) for b in micro_batches)  # host tensors
+                terms, grad_norm = self.train_step(micro_batches, lr)
+                for k, v in terms.items():
+                    sums[k] = sums.get(k, 0) + v
                 self.step += 1
                 self.batch_pos += self.accumulate
                 bar.update(1)
 
-                # ---- log, validate, checkpoint, stop ----
-                if self.step % cfg.logger.log_every_steps == 0:
+                # ---- sync point: the device is read here only; log, validate, checkpoint, stop ----
+                sync = self.step % cfg.logger.log_every_steps == 0
+                if sync:
+                    self.guard.check(self.step, self.ckpt.last)  # stops after trainer.max_bad_steps in a row
                     if env.is_main:
                         self.log_train(sums, lr, grad_norm, last_log)
                         last_log = (time.time(), self.step)
@@ -171,16 +177,17 @@ class Loop:
                 mid_epoch = self.batch_pos < end and self.step < self.total_steps  # else validated and saved below
                 if t.val_every_steps and self.step % t.val_every_steps == 0 and mid_epoch:
                     self.validate(log_media=False)
-                preempted = self.preemption.requested(self.device)  # a SLURM signal reached some rank
+                poll = sync or not env.distributed  # what all ranks must agree on
+                preempted = self.preemption.requested(self.device) if poll else None  # a SLURM signal, any rank
                 every = cfg.checkpointing.every_steps
                 if preempted or (every and self.step % every == 0 and mid_epoch):
                     self.save("last.pt")
                 if preempted:  # this step is on disk; now submitit requeues the job (or SLURM ends it)
                     distributed.barrier()
                     self.preemption.deliver(preempted, self.step)
-                timed_out = t.max_minutes > 0 and distributed.broadcast_flag(  # rank 0's clock decides
-                    (time.time() - self.started) / 60 >= t.max_minutes, self.device)
-                if self.step >= self.total_steps or timed_out:
+                if poll:
+                    self.poll_clock()
+                if self.step >= self.total_steps or self.clock >= 1:
                     stop = True
                     break
             if self.batch_pos >= end:  # epoch finished
@@ -193,6 +200,35 @@ class Loop:
                 self.validate(log_media=True)
                 self.save("last.pt")
         bar.close()
+        self.guard.check(self.step, self.ckpt.last)
+        if env.is_main:
+            log.info("stopped at step %d of %d (%s), learning rate %.3g (peak %.3g)", self.step, self.total_steps,
+                     "wall clock" if self.clock >= 1 and self.step < self.total_steps else "schedule",
+                     lr, self.base_lr)
+
+    def train_step(self, micro_batches: List[Dict[str, torch.Tensor]], lr: float):
+        """Forward/backward over the micro-batches, then the guarded optimizer step. Reads nothing from the
+        device: returns the detached loss terms and the gradient norm as device tensors."""
+        cfg, env, task = self.cfg, self.env, self.task
+        sums: Dict[str, torch.Tensor] = {}
+        for micro, batch in enumerate(micro_batches):
+            torch.manual_seed(step_seed(cfg.seed, self.step, env.rank, micro))
+            audio = batch["audio"].to(self.device, non_blocking=True)
+            lengths = batch["length"].to(self.device, non_blocking=True)
+            sync = not env.distributed or micro == self.accumulate - 1
+            with contextlib.nullcontext() if sync else task.net.no_sync(), self.autocast():
+                loss, terms = task.losses(audio, lengths)
+            self.scaler.scale(loss / self.accumulate).backward()
+            for k, v in {"loss": loss, **terms}.items():
+                sums[k] = sums.get(k, 0) + v.detach().float()
+        grad_norm = self.guard.step(self.optimizer, self.scaler, loss.detach().float(), lr)
+        return sums, grad_norm
+
+    def poll_clock(self) -> None:
+        """Wall-clock progress (rank 0's clock on every rank); 0 without ``trainer.max_minutes``."""
+        minutes = self.cfg.trainer.max_minutes
+        if minutes > 0:
+            self.clock = distributed.broadcast_value(self.elapsed / 60 / minutes, self.device)
 
     def _steps(self, end: int) -> Iterator[List[Dict[str, torch.Tensor]]]:
         """This epoch's remaining optimizer steps, each as its ``accumulate`` micro-batches."""
@@ -205,31 +241,6 @@ class Loop:
             if len(group) == self.accumulate:
                 yield group
                 group = []
-
-    def optimizer_step(self, lr: float, loss: torch.Tensor) -> torch.Tensor:
-        """Clip, check every rank is finite, step (or skip and count). Returns the gradient norm."""
-        t = self.cfg.trainer
-        self.scaler.unscale_(self.optimizer)
-        params = [p for g in self.optimizer.param_groups for p in g["params"]]
-        grad_norm = torch.nn.utils.clip_grad_norm_(params, t.grad_clip if t.grad_clip > 0 else float("inf"))
-        for g in self.optimizer.param_groups:
-            g["lr"] = lr
-        if distributed.all_finite(loss, grad_norm) or self.scaler.is_enabled():
-            self.scaler.step(self.optimizer)  # GradScaler itself skips fp16 overflow steps
-            self.scaler.update()
-            self.bad_steps = 0
-        else:
-            self.bad_steps += 1
-            log.warning("step %d: non-finite loss or gradient; step skipped (%d in a row)", self.step, self.bad_steps)
-            if self.trackers:
-                self.trackers.log_scalars({"train/skipped_step": 1.0}, self.step)
-            if self.bad_steps >= t.max_bad_steps:
-                raise TrainingError(
-                    f"{self.bad_steps} non-finite steps in a row (trainer.max_bad_steps={t.max_bad_steps}); stopping. "
-                    f"Last good checkpoint: {self.ckpt.last}. Lower optimizer.lr, use hardware.precision=fp32, or "
-                    f"check the data.")
-        self.optimizer.zero_grad(set_to_none=True)
-        return grad_norm
 
     def log_train(self, sums: Dict[str, Any], lr: float, grad_norm: torch.Tensor, last: Tuple[float, int]) -> None:
         now, steps = time.time(), self.step - last[1]
@@ -274,20 +285,11 @@ class Loop:
             self.save("best.pt")
         return val_loss
 
-    @torch.no_grad()
     def check_ranks_in_sync(self) -> None:
-        """All ranks must hold identical weights and codebooks; a per-tensor checksum is compared."""
-        if not self.env.distributed:
-            return
-        state = self.task.model.state_dict()
-        sums = torch.stack([v.double().sum() for v in state.values()]).to(self.device)
-        gathered = [torch.empty_like(sums) for _ in range(self.env.world_size)]
-        torch.distributed.all_gather(gathered, sums)
-        for r, g in enumerate(gathered[1:], start=1):
-            if not torch.equal(g, gathered[0]):
-                name = list(state)[int((g != gathered[0]).nonzero()[0])]
-                raise TrainingError(f"rank {r} diverged from rank 0 at step {self.step} (first differing tensor: {name})")
-        self.sync_checks += 1
+        """All ranks must hold identical weights and codebooks (per-tensor checksums; TrainingError if not)."""
+        if self.env.distributed:
+            distributed.check_in_sync(self.task.model.state_dict(), self.device, self.step)
+            self.sync_checks += 1
 
     # ---- setup, checkpoints, metrics ---------------------------------------------------------------
     def _list_skipped(self, failed) -> None:
@@ -345,7 +347,7 @@ class Loop:
     def lr_at(self, step: int) -> float:
         o = self.cfg.optimizer
         return lr_at(step, self.base_lr, self.total_steps, o.warmup_steps, o.scheduler, o.min_lr_ratio, o.gamma,
-                     self.steps_per_epoch)
+                     self.steps_per_epoch, min_progress=self.clock)
 
     def metrics(self) -> Dict[str, Any]:
         return {"task": self.cfg.task, "best_val_loss": self.best, "first_val_loss": self.first_val_loss,

@@ -1,7 +1,8 @@
 """Servers for the serving tests: the real entry point as a subprocess, or a Server in a thread of this process.
 
 The tiny model (16 kHz, hidden 32, 2 x 32 codes, Griffin-Lim) is random but its codebooks are k-means
-initialised on real speech, so codes vary. It is causal when this luna has ``model.causal`` (stream mode needs it).
+initialised on real speech, so codes vary. It is causal (stream mode needs it). No test here skips on a missing
+API: a renamed ``model.causal`` or ``SpeechTokenizer.stream_encoder`` fails the tests that use it.
 """
 from __future__ import annotations
 
@@ -12,26 +13,19 @@ import subprocess
 import sys
 import threading
 from pathlib import Path
-from typing import Iterator, List
+from typing import Dict, Iterator, List, Optional
 
 import pytest
 import torch
 
 from luna import audio as audio_io
-from luna.config import ModelConfig
-from luna.models.tokenizer import SpeechTokenizer
 from luna.config import ServeConfig
+from luna.models.tokenizer import SpeechTokenizer
 from luna.serving.server import Server
 from tests.conftest import compose_train
 from tests.paths import ROOT
 
 DEV = ROOT / "luna" / "data" / "librispeech_mini" / "dev-clean"
-CAUSAL = "causal" in {f.name for f in dataclasses.fields(ModelConfig)}
-STREAMING = hasattr(SpeechTokenizer, "stream_encoder")
-needs_streaming = pytest.mark.skipif(
-    not (CAUSAL and STREAMING),
-    reason="stream mode needs model.causal and SpeechTokenizer.stream_encoder/stream_decoder (branch stream), absent here",
-)
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}  # 2 shared cores: more threads only wait on each other
 
 
@@ -55,8 +49,8 @@ def tiny_tokenizer(causal: bool) -> SpeechTokenizer:
 
 @pytest.fixture(scope="session")
 def checkpoint(tmp_path_factory) -> Path:
-    path = tmp_path_factory.mktemp("serve") / ("tiny_causal.pt" if CAUSAL else "tiny.pt")
-    tiny_tokenizer(CAUSAL).save_checkpoint(path)
+    path = tmp_path_factory.mktemp("serve") / "tiny_causal.pt"
+    tiny_tokenizer(causal=True).save_checkpoint(path)
     return path
 
 
@@ -65,9 +59,9 @@ def tok(checkpoint) -> SpeechTokenizer:
     return SpeechTokenizer.from_checkpoint(checkpoint)
 
 
-def start_server(args: List[str], cwd: Path) -> "tuple[subprocess.Popen, str]":
+def start_server(args: List[str], cwd: Path, env: Optional[Dict[str, str]] = None) -> "tuple[subprocess.Popen, str]":
     """``python -m luna.serve ARGS`` until it prints ``serving ws://HOST:PORT``; (process, url)."""
-    proc = subprocess.Popen([sys.executable, "-m", "luna.serve", *args], cwd=cwd, env=ENV,
+    proc = subprocess.Popen([sys.executable, "-m", "luna.serve", *args], cwd=cwd, env=env or ENV,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     lines = []
     for line in proc.stdout:  # Hydra's log shares stdout; the address line is ours
@@ -80,14 +74,20 @@ def start_server(args: List[str], cwd: Path) -> "tuple[subprocess.Popen, str]":
 
 
 @pytest.fixture(scope="session")
-def server_url(checkpoint, tmp_path_factory) -> Iterator[str]:
-    """The real entry point, port=0, small max_chunk_bytes (64 KiB) so the too-large test stays cheap."""
+def served(checkpoint, tmp_path_factory) -> Iterator["tuple[str, Path]"]:
+    """The real entry point, port=0, small max_chunk_bytes (64 KiB) so the too-large test stays cheap:
+    (url, its log file)."""
     run_dir = tmp_path_factory.mktemp("serve_run")
     proc, url = start_server([f"checkpoint={checkpoint}", "port=0", "threads=1", "max_chunk_bytes=65536",
                               f"hydra.run.dir={run_dir}"], ROOT)
-    yield url
+    yield url, run_dir / "serve.log"
     proc.terminate()
     proc.wait(timeout=30)
+
+
+@pytest.fixture(scope="session")
+def server_url(served) -> str:
+    return served[0]
 
 
 class ThreadServer:

@@ -62,3 +62,29 @@ def test_pcm_and_frames_round_trip():
     assert index == 12345 and np.array_equal(y, x.numpy())
     msg = json.loads(protocol.codes_message(7, torch.tensor([[1, 2], [3, 4]]), chunk=3))
     assert msg == {"type": "codes", "index": 7, "codes": [[1, 2], [3, 4]], "chunk": 3}
+
+
+WRONG_TYPES = [None, True, 1.5, -3, "x", "", [], ["f32le"], {}, {"a": 1}, [[1]]]
+FIELDS = ["mode", "sample_rate", "format", "audio", "num_quantizers", "token"]
+
+
+@pytest.mark.parametrize("field", FIELDS)
+def test_hello_fuzz_every_field_wrong_type_is_a_protocol_error(field):
+    """Any JSON value in any field is refused with a ProtocolError (never a TypeError: an unhashable format hung)."""
+    refused = 0
+    for value in WRONG_TYPES:
+        try:
+            hello(**{field: value})
+        except ProtocolError as e:
+            assert e.code in ("bad_hello", "unsupported_rate", "unsupported_format"), (field, value, e.code)
+            refused += 1
+    assert refused >= len(WRONG_TYPES) - 3, field  # a few values are legal for some fields (e.g. audio=True)
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
+def test_non_finite_f32_pcm_is_bad_input(bad):
+    x = np.zeros(64, dtype="<f4")
+    x[17] = bad
+    with pytest.raises(ProtocolError) as e:
+        protocol.decode_pcm(x.tobytes(), "f32le")
+    assert e.value.code == "bad_input"

@@ -18,7 +18,7 @@ from websockets.exceptions import ConnectionClosed
 from luna.client import stream_async, tokenize_turn
 from luna.errors import ServerError
 from tests.paths import ROOT
-from tests.serving.conftest import ENV, STREAMING, ThreadServer, needs_streaming, speech, tiny_tokenizer
+from tests.serving.conftest import ENV, ThreadServer, speech, tiny_tokenizer
 
 
 def test_turn_codes_equal_tokenize(server_url, tok):
@@ -55,7 +55,7 @@ async def expect_error(url: str, messages, code: str) -> None:
 
 
 def test_malformed_clients_get_an_error_and_healthy_stream_completes(server_url, tok):
-    hello = json.dumps({"type": "hello", "mode": "stream" if STREAMING else "turn", "sample_rate": 16000})
+    hello = json.dumps({"type": "hello", "mode": "stream", "sample_rate": 16000})
     bad = [
         (["{not json"], "bad_json"),
         ([b"\0" * 640], "binary_before_hello"),
@@ -68,7 +68,7 @@ def test_malformed_clients_get_an_error_and_healthy_stream_completes(server_url,
     wav = speech(3, 4.0)
 
     async def main():
-        healthy = stream_async(server_url, wav, 16000, mode="stream" if STREAMING else "turn", chunk_ms=40, realtime=True)
+        healthy = stream_async(server_url, wav, 16000, mode="stream", chunk_ms=40, realtime=True)
         return await asyncio.gather(healthy, *(expect_error(server_url, m, code) for m, code in bad))
 
     result = asyncio.run(main())[0]
@@ -104,7 +104,6 @@ def test_entry_point_user_errors(checkpoint, tmp_path):
     assert r.returncode == 2 and re.fullmatch(r"error: port: cannot listen on 127\.0\.0\.1:\d+: .*\n", r.stderr), r.stderr
 
 
-@needs_streaming  # the example streams too
 def test_readme_client_example_runs(server_url):
     text = (ROOT / "README.md").read_text()
     block = re.search(r"## Serving \(WebSocket\).*?```python\n(.*?)```", text, re.S).group(1)

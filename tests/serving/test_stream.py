@@ -11,14 +11,13 @@ import torch
 from luna.client import stream_async
 from luna.errors import ServerError
 from luna.serving import server as server_module
-from luna.serving.session import TurnSession
-from tests.serving.conftest import ThreadServer, needs_streaming, speech, tiny_tokenizer
+from luna.serving.session import StreamSession
+from tests.serving.conftest import ThreadServer, speech, tiny_tokenizer
 
 LOAD_STREAMS = 16
 LOAD_SECONDS = 20.0
 
 
-@needs_streaming
 def test_stream_codes_equal_tokenize_of_the_whole(server_url, tok):
     wav = speech(4, 3.0)
     for chunk_ms in (40, 7.3, 250):  # chunks not aligned to tokens, tiny, large
@@ -27,14 +26,12 @@ def test_stream_codes_equal_tokenize_of_the_whole(server_url, tok):
         assert r.done["frames"] == r.codes.shape[-1] and len(r.latencies) == int(np.ceil(len(wav) / int(16 * chunk_ms)))
 
 
-@needs_streaming
 def test_stream_audio_with_griffinlim_is_refused_at_hello(server_url):
     """Griffin-Lim iterates over the whole spectrogram: stream mode with audio:true says so and closes."""
     with pytest.raises(ServerError, match="unsupported_mode.*(Griffin-Lim|griffinlim)"):
         asyncio.run(stream_async(server_url, speech(5, 0.5), 16000, audio_out=True))
 
 
-@needs_streaming
 def test_stream_audio_with_a_streaming_vocoder_equals_detokenize():
     """A HiFi-GAN (random v3 at the tiny model's hop 160) streams: audio chunks, concatenated, equal detokenize."""
     from luna.models.vocoder import HiFiGANGenerator, HiFiGANVocoder, hifigan_generator_config
@@ -54,7 +51,7 @@ def test_stream_audio_with_a_streaming_vocoder_equals_detokenize():
     assert torch.allclose(r.audio, tok.detokenize(codes), atol=1e-5)
 
 
-@needs_streaming
+@pytest.mark.slow  # ~30 s of real-time streams
 def test_load_16_streams_nothing_dropped_or_reordered(server_url, tok):
     """16 concurrent real-time streams x 20 s of speech (40 ms chunks) into the subprocess server."""
     torch.set_num_threads(1)  # the references: 2 threads on 2 busy shared cores wait on each other (minutes)
@@ -83,13 +80,13 @@ def test_back_pressure_never_drops(tok, monkeypatch):
     and still every chunk is processed, in order."""
     seen, peak = [], []
 
-    class SlowTurn(TurnSession):
+    class SlowStream(StreamSession):
         def push(self, pcm):
             time.sleep(0.01)
             seen.append(pcm[0].item())
             return super().push(pcm)
 
-    monkeypatch.setattr(server_module, "new_session", lambda t, h, s: SlowTurn(t, h, s))
+    monkeypatch.setattr(server_module, "new_session", lambda t, h, s: SlowStream(t, h))
     original_put = asyncio.Queue.put
 
     async def put(self, item):
@@ -100,7 +97,7 @@ def test_back_pressure_never_drops(tok, monkeypatch):
     server = ThreadServer(tok, queue_chunks=2, threads=1)
     try:
         wav = torch.arange(60 * 640, dtype=torch.float32) / (60 * 640)  # a ramp: chunk k starts at k / 60
-        r = asyncio.run(stream_async(server.url, wav, 16000, mode="turn", chunk_ms=40, audio_out=False))
+        r = asyncio.run(stream_async(server.url, wav, 16000, chunk_ms=40))
     finally:
         server.close()
     assert seen == sorted(seen) and len(seen) == 60

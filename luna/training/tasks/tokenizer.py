@@ -12,6 +12,7 @@ from luna.distributed import DistEnv, wrap
 from luna.training.health import CodebookMonitor
 from luna.training.loggers import log_mel_pairs
 from luna.training.schedule import adamw
+from luna.training.compile import compile_nets
 
 log = logging.getLogger("luna.tasks.tokenizer")
 
@@ -20,6 +21,7 @@ class TokenizerTask:
     def __init__(self, cfg: Any, env: DistEnv):
         self.cfg = cfg
         self.model = SpeechTokenizer.from_config(cfg).to(env.device)
+        compile_nets(cfg, self.model.mel, self.model.encoder, self.model.decoder)
         self.net = wrap(self.model, env)
         self.optimizer = adamw(self.model.parameters(), cfg.optimizer, cfg.optimizer.lr * cfg.hardware.lr_scale)
         self.objective = MelLoss(cfg.loss, self.model.config.mel.hop_length)

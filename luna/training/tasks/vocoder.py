@@ -28,6 +28,7 @@ from luna.training.adversary import Adversary
 from luna.distributed import DistEnv, wrap
 from luna.training.loggers import log_mel_pairs
 from luna.training.schedule import adamw
+from luna.training.compile import compile_nets
 
 MEL_WEIGHT = 45.0
 
@@ -75,6 +76,7 @@ class VocoderTask:
         self.net = wrap(self.model, env)
         self.optimizer = adamw(self.model.parameters(), cfg.optimizer, cfg.optimizer.lr * cfg.hardware.lr_scale)
         self.adversary = Adversary(cfg, env, self.optimizer)
+        compile_nets(cfg, self.model, self.adversary.mpd, self.adversary.msd)
 
     @torch.no_grad()
     def _inputs(self, audio: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
