@@ -76,3 +76,12 @@ def test_adamw_takes_its_settings_from_the_config_node():
     d = opt.defaults
     assert (d["lr"], d["betas"], d["weight_decay"], d["eps"], d["fused"]) == (3e-4, (0.8, 0.95), 0.05, 1e-7, True)
     assert adamw(p, o, lr=1e-3, betas=[0.5, 0.9]).defaults["betas"] == (0.5, 0.9)  # an explicit override wins
+
+
+def test_min_progress_moves_the_cosine_at_least_that_far():
+    # the wall clock's share of trainer.max_minutes: at step 10 of 110 (progress 0) a clock at 50% gives the midpoint
+    assert lr_at(10, 2.0, 110, 10, min_ratio=0.1, min_progress=0.5) == approx(2.0 * (0.1 + 0.9 / 2))
+    assert lr_at(85, 2.0, 110, 10, min_progress=0.5) == approx(lr_at(85, 2.0, 110, 10))  # the step is further: it wins
+    assert lr_at(10, 2.0, 110, 10, min_ratio=0.1, min_progress=3.0) == approx(0.2)  # clamped at the end
+    assert lr_at(3, 2.0, 110, 10, min_progress=0.9) == approx(0.8)  # warm-up is by step only
+    assert lr_at(3, 2.0, 110, 0, kind="constant", min_progress=0.9) == approx(2.0)
