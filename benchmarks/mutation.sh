@@ -14,7 +14,8 @@ case "${1:-}" in
 esac
 PY=${PY:-$PWD/.venv/bin/python}
 pkgs=${MUTMUT_PKGS:-/tmp/luna-mutmut-pkgs}
-[ -d "$pkgs/mutmut" ] || { ${UV:-uv} pip install --python "$PY" --target "$pkgs" mutmut==3.8.1 \
+UV=${UV:-$([ -x .uv/bin/uv ] && echo .uv/bin/uv || echo uv)}
+[ -d "$pkgs/mutmut" ] || { "$UV" pip install --python "$PY" --target "$pkgs" mutmut==3.8.1 \
   && rm -rf "$pkgs"/{pytest,_pytest,pluggy,iniconfig,packaging,py.py}; }  # keep the venv's pytest
 work=/tmp/luna-mutation/$1
 rm -rf "$work" && mkdir -p "$work"
