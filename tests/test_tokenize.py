@@ -284,6 +284,7 @@ luna.tokenize.main()
 """
 
 
+@pytest.mark.slow  # torchrun starts 2 processes that import torch and luna
 def test_two_gloo_ranks_split_the_shards_and_merge_what_one_process_writes(export, checkpoint, env, tmp_path):
     """Under torchrun with 2 ranks: shard i is written by rank i mod 2, every shard exactly once, and the
     merged export is the single-process one (manifest rows and codes)."""
