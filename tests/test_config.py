@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import pytest
 from hydra.errors import ConfigCompositionException
+from omegaconf import OmegaConf
 from omegaconf.errors import ConfigKeyError, ValidationError
 
 from luna.config import CONF_DIR, ConfigError
@@ -27,7 +28,39 @@ def test_every_option_composes_and_validates(group, option):
         overrides.append(f"vocoder.tokenizer_checkpoint={__file__}")  # required; validate only checks it exists
     cfg = compose_train(overrides)
     validate(cfg)
-    assert cfg[group if group != "experiment" else "model"] is not None
+    # the option is applied: every value its YAML sets is the composed value (an experiment is _global_ and also
+    # picks other groups' options in its defaults list); keys the test itself overrides are skipped
+    yaml = OmegaConf.to_container(OmegaConf.load(CONF_DIR / group / f"{option}.yaml"), resolve=False)
+    root = () if group == "experiment" else (group,)
+    mine = {o.split("=")[0] for o in overrides[1:]}  # what the test overrides itself is not judged
+    checked = 0
+    for path, value in _leaves(yaml, root):
+        dotted = ".".join(path)
+        if any(dotted == m or dotted.startswith(m + ".") for m in mine) or path[0] == "hydra" or "${" in str(value):
+            continue
+        got = cfg
+        for part in path:
+            got = got[part]
+        assert (OmegaConf.to_container(got) if OmegaConf.is_config(got) else got) == value, path
+        checked += 1
+    for entry in yaml.get("defaults", []):  # an experiment's "override /model: rvq8_256" picks that option
+        for k, v in (entry.items() if isinstance(entry, dict) else ()):
+            sub = k.removeprefix("override /")
+            if sub in GROUPS and sub not in mine and "name" not in yaml.get(sub, {}):
+                assert cfg[sub].name == v, (k, v)
+                checked += 1
+    assert checked >= 2, f"conf/{group}/{option}.yaml: nothing of it checked"
+
+
+def _leaves(node, prefix):
+    """(key path, value) of every leaf of a plain YAML tree; lists are leaves; ``defaults`` is not config."""
+    for k, v in node.items():
+        if k == "defaults":
+            continue
+        if isinstance(v, dict):
+            yield from _leaves(v, (*prefix, k))
+        else:
+            yield (*prefix, k), v
 
 
 def test_groups_have_options():
@@ -131,15 +164,55 @@ def test_cuda_without_cuda_is_a_user_error_not_a_traceback(tmp_path, entry, args
     assert "Traceback" not in r.stderr and not (tmp_path / "run" / "checkpoints").exists()
 
 
-def test_the_error_policy_is_one_base_class():
-    """Every user error luna raises is a LunaError (what @entry_point turns into exit 2)."""
-    import luna.errors as errors
+#: exceptions luna defines that are not user errors of an entry point, each with its reason
+NOT_USER_ERRORS = {"luna.serving.protocol.ProtocolError": "a client's protocol violation, answered on the socket"}
 
-    kinds = [v for v in vars(errors).values() if isinstance(v, type) and issubclass(v, Exception)]
-    assert len(kinds) >= 9 and all(issubclass(k, errors.LunaError) for k in kinds)
-    from luna.config import ConfigError
-    from luna.data.librispeech import DataError
-    from luna.serialization import CheckpointError
-    from luna.tokens import TokensError
 
-    assert {ConfigError, DataError, CheckpointError, TokensError} <= set(kinds)
+def _luna_exception_classes():
+    import importlib
+    import inspect
+    import pkgutil
+
+    import luna
+
+    found = {}
+    for info in pkgutil.walk_packages(luna.__path__, "luna."):
+        if info.name.rsplit(".", 1)[-1] == "__main__":
+            continue
+        module = importlib.import_module(info.name)
+        for _, cls in inspect.getmembers(module, inspect.isclass):
+            if issubclass(cls, BaseException) and cls.__module__ == info.name:
+                found[f"{cls.__module__}.{cls.__qualname__}"] = cls
+    return found
+
+
+def test_the_error_policy_is_one_base_class(capsys):
+    """Every exception class defined anywhere in luna is a LunaError (or listed above with its reason), and
+    @entry_point turns each LunaError into one line ``error: ...`` on stderr and exit code 2."""
+    from luna.cli import USER_ERROR, entry_point
+    from luna.errors import LunaError, ServerError
+
+    classes = _luna_exception_classes()
+    assert len(classes) >= 10 and set(NOT_USER_ERRORS) <= set(classes)  # the walk found them
+    strays = sorted(name for name, cls in classes.items() if not issubclass(cls, LunaError) and name not in NOT_USER_ERRORS)
+    assert not strays, f"exceptions outside the error policy: {strays}"
+    for name, cls in classes.items():
+        if not issubclass(cls, LunaError):
+            continue
+
+        @entry_point
+        def main():
+            raise (cls("E1", "two\nlines") if cls is ServerError else cls("bad value:\n  two lines"))
+
+        with pytest.raises(SystemExit) as e:
+            main()
+        assert e.value.code == USER_ERROR == 2, name
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and err.startswith("error: ") and "two lines" in err, (name, err)
+
+    @entry_point
+    def bug():
+        raise KeyError("a bug keeps its traceback")
+
+    with pytest.raises(KeyError):
+        bug()

@@ -320,7 +320,7 @@ def test_timeout_signal_saves_at_the_next_step_and_submitit_requeues(slurm, tmp_
     assert len(attempts) == 2 and all(a.endswith(f"-{run_id}") for a in attempts), attempts
 
 
-@pytest.mark.slurm
+@pytest.mark.slow  # no cluster needed (submitit's local executor): not a slurm test, but 4 trainings
 def test_local_launcher_runs_the_same_sweep_without_a_cluster(tmp_path):
     # submitit's local executor needs no cluster, so this one runs everywhere; an explicit group wins
     sweep_dir = tmp_path / "local"

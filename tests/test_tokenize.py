@@ -266,3 +266,41 @@ def test_missing_checkpoint_is_one_line(env, tmp_path):
     assert p.returncode == 2
     assert p.stderr.splitlines() == [f"error: {missing}: no such checkpoint file"]
     assert not (tmp_path / "tokens" / "codec.json").exists()
+
+
+# `python -m luna.tokenize` that also records which rank exported which shard (one line "rank index" per shard)
+RECORD_SHARDS = """
+import os, sys
+import luna.tokens.writer as writer
+real = writer._export_shard
+def recorded(tok, n, index, *args, **kwargs):
+    with open(os.environ["LUNA_TEST_SHARD_LOG"], "a") as f:
+        f.write(f"{os.environ['RANK']} {index}\\n")
+    return real(tok, n, index, *args, **kwargs)
+writer._export_shard = recorded
+import luna.tokenize
+sys.argv = ["luna.tokenize", *sys.argv[1:]]
+luna.tokenize.main()
+"""
+
+
+@pytest.mark.slow  # torchrun starts 2 processes that import torch and luna
+def test_two_gloo_ranks_split_the_shards_and_merge_what_one_process_writes(export, checkpoint, env, tmp_path):
+    """Under torchrun with 2 ranks: shard i is written by rank i mod 2, every shard exactly once, and the
+    merged export is the single-process one (manifest rows and codes)."""
+    from luna.tokens.reader import MANIFEST_FILE, SHARD_DIR
+
+    driver, record, out = tmp_path / "record_shards.py", tmp_path / "shards.log", tmp_path / "tokens"
+    driver.write_text(RECORD_SHARDS)
+    p = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                        str(driver), *tokenize_args(checkpoint, out)], capture_output=True, text=True, timeout=300,
+                       env={**env, "LUNA_TEST_SHARD_LOG": str(record)}, cwd=ROOT)
+    assert p.returncode == 0, p.stderr[-3000:]
+    written = sorted((int(i), int(r)) for r, i in (line.split() for line in record.read_text().splitlines()))
+    shards = sorted(p.name for p in (export / SHARD_DIR).glob("*.npy"))
+    assert len(shards) == 10  # 80 files in shards of 8
+    assert [i for i, _ in written] == list(range(len(shards)))  # every shard once
+    assert all(r == i % 2 for i, r in written) and {r for _, r in written} == {0, 1}
+    assert read_jsonl(out / MANIFEST_FILE) == read_jsonl(export / MANIFEST_FILE)
+    for name in shards:
+        assert np.array_equal(np.load(out / SHARD_DIR / name), np.load(export / SHARD_DIR / name)), name

@@ -129,3 +129,18 @@ def test_causal_presets_and_latency(preset, latency):
     assert cfg.model.causal and cfg.model.name == preset
     tok = SpeechTokenizer.from_config(cfg.model)
     assert tok.latency_ms == pytest.approx(latency)
+
+
+def test_as_samples_accepts_mono_tensors_and_arrays_and_names_what_it_refuses():
+    from luna.streaming.encoder import as_samples
+
+    cpu = torch.device("cpu")
+    x = torch.arange(6, dtype=torch.float64)
+    for chunk in (x, x[None], x.numpy(), x[None].numpy()):  # [S] or [1, S], torch or numpy
+        out = as_samples(chunk, cpu)
+        assert out.dtype == torch.float32 and out.shape == (6,) and torch.equal(out, x.float())
+    with pytest.raises(TypeError, match="^a chunk must be a tensor or numpy array, got list$"):
+        as_samples([0.0, 1.0], cpu)
+    for bad in (torch.zeros(2, 6), torch.zeros(6, 1), torch.zeros(1, 1, 6)):  # stereo, a column, 3-D
+        with pytest.raises(ValueError, match=rf"got shape \({', '.join(map(str, bad.shape))}\)"):
+            as_samples(bad, cpu)

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -56,6 +57,15 @@ def assert_same_tensors(a: dict, b: dict, exact: bool = True, atol: float = 0.0)
             assert torch.equal(a[k], b[k]), f"{k} differs"
         else:
             assert torch.allclose(a[k].double(), b[k].double(), atol=atol, rtol=1e-3), f"{k} differs beyond tolerance"
+
+
+def assert_resumed_at(r: subprocess.CompletedProcess, step: int) -> None:
+    """The run ``r`` continued from ``step`` (> 0) of its run dir's last.pt, not from step 0: deterministic
+    runs reach the same weights either way, so the weights alone cannot tell."""
+    log = r.stdout + r.stderr
+    assert step > 0, "nothing was saved before the kill; the test proves nothing"
+    found = [int(s) for s in re.findall(r"resumed from \S*last\.pt at step (\d+) ", log)]
+    assert found == [step], f"expected one 'resumed from .../last.pt at step {step}', found {found}:\n{log[-2000:]}"
 
 
 def kill_at_step(out: Path, overrides: List[str], step: int) -> int:

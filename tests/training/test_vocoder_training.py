@@ -21,7 +21,7 @@ from luna.models.hifigan import HIFIGAN_PRESETS
 from luna.models.hifigan_official import generator_for_training
 from luna.training.tasks.vocoder import load_frozen_tokenizer
 from tests.conftest import compose_train
-from tests.training.helpers import assert_same_tensors, kill_at_step, load, metrics, run_train
+from tests.training.helpers import assert_resumed_at, assert_same_tensors, kill_at_step, load, metrics, run_train
 
 # vocoder=hifigan: the experiment's own choice, restated because TINY's vocoder=griffinlim would win over it
 GAN = ["experiment=vocoder", "vocoder=hifigan", "vocoder.architecture=v3", "vocoder.discriminator_width=0.125", "data.batch_size=4",
@@ -49,13 +49,15 @@ def assert_same_gan(a: dict, b: dict) -> None:
         assert [g["lr"] for g in a[key]["param_groups"]] == [g["lr"] for g in b[key]["param_groups"]]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("accumulate", [1, 2])
 def test_gan_resume_after_sigkill_is_bit_identical(tmp_path, accumulate):
     common = GAN + ["trainer.max_steps=8", "checkpointing.every_steps=1", f"trainer.accumulate={accumulate}"]
     ref, cut = tmp_path / "ref", tmp_path / "cut"
     run_train(ref, common)
-    assert kill_at_step(cut, common, 4) < 8
-    run_train(cut, common)
+    reached = kill_at_step(cut, common, 4)
+    assert reached < 8
+    assert_resumed_at(run_train(cut, common), reached)
     a, b = load(ref / "checkpoints" / "last.pt"), load(cut / "checkpoints" / "last.pt")
     assert a["step"] == b["step"] == 8
     assert_same_gan(a, b)
@@ -147,12 +149,14 @@ def test_frozen_tokenizer_gives_its_decoded_mels(universal_tokenizer, tmp_path):
         load_frozen_tokenizer(str(tmp_path / "junk.pt"), MelConfig())
 
 
+@pytest.mark.slow  # the real 14 M-parameter generator: 181 MB per checkpoint, 4 of them
 def test_finetune_from_universal_resumes_exactly_and_serves_eval(tmp_path, universal_tokenizer):
     common = FINETUNE + [f"vocoder.tokenizer_checkpoint={universal_tokenizer}", "trainer.max_steps=3"]
     ref, cut = tmp_path / "ref", tmp_path / "cut"
     run_train(ref, common)  # saves only at the end: 181 MB per checkpoint (generator, discriminators, optimizers)
-    assert kill_at_step(cut, common + ["checkpointing.every_steps=1"], 1) < 3
-    run_train(cut, common)
+    reached = kill_at_step(cut, common + ["checkpointing.every_steps=1"], 1)
+    assert reached < 3
+    assert_resumed_at(run_train(cut, common), reached)
     a, b = load(ref / "checkpoints" / "last.pt"), load(cut / "checkpoints" / "last.pt")
     assert a["step"] == b["step"] == 3
     assert_same_gan(a, b)
