@@ -19,7 +19,7 @@ import torch
 from luna import audio as audio_io
 from tests.serving.browser import Chromium, Page, chromium_path
 from tests.serving.conftest import ThreadServer, speech, tiny_tokenizer
-from tests.serving.test_limits import ready
+from tests.serving.test_limits import ready, refused_status
 
 needs_chromium = pytest.mark.skipif(chromium_path() is None, reason="no chromium on PATH (Debian: apt-get install chromium)")
 
@@ -41,6 +41,7 @@ def test_the_page_is_served_over_http_and_its_origin_admitted(server_url):
         assert (status, kind) == (200, "text/javascript; charset=utf-8") and len(body) > 500, path
     assert http_get(http + "/../pyproject.toml")[0] == 404 and http_get(http + "/secret")[0] == 404
     assert asyncio.run(ready(server_url, origin=http))["type"] == "ready"  # the page's own origin
+    assert refused_status(server_url, origin="http://evil.example") == 403  # another page's
 
 
 @pytest.fixture(scope="module")
@@ -78,10 +79,11 @@ async def stream_file(browser: Chromium, url: str, wav: Path, screenshot: "Path 
         await page.open(url.replace("ws://", "http://") + "/")
         await page.choose_file("#file", wav)
         await page.js("document.getElementById('play-file').click()")
-        await page.wait("luna.status === 'done' || luna.status === 'error'", timeout=60)
+        await page.wait("luna.status === 'done' || luna.status === 'error'", timeout=120)
         result = await page.js("({status: luna.status, error: luna.error, note: luna.note, codes: luna.codes, "
                                "ready: luna.ready, done: luna.done, rate: luna.rate, latencies: luna.latencies, "
                                "frames: document.getElementById('frames').textContent})")
+        result["sent"] = await page.floats("sent")
         if result["status"] == "done" and result["ready"]["audio"]:
             await page.wait("luna.heardPeak > 0", timeout=10)  # the AudioContext rendered the reconstruction
             result["heard"] = await page.js("luna.heardPeak")
@@ -99,8 +101,21 @@ def test_browser_streams_a_file_codes_only_with_griffinlim(browser, server_url, 
     assert r["status"] == "done", r["error"]
     assert r["note"].startswith("codes only") and "unsupported_mode" in r["note"] and r["ready"]["audio"] is False
     assert r["rate"] == 16000 and len(r["latencies"]) == 50  # 2 s in 40 ms chunks, one codes reply each
+    assert np.array_equal(r["sent"], wav.numpy())  # the page sent the WAV's samples, exactly
     assert torch.equal(torch.tensor(r["codes"])[None], tok.tokenize(wav, 16000))
     assert r["frames"] == str(r["done"]["frames"]) == "100"
+
+
+@needs_chromium
+def test_browser_decodes_other_files_at_48khz(browser, server_url, tok, tmp_path):
+    """A FLAC is decoded by the browser (resampled to 48 kHz); codes equal tokenize of the PCM the page sent."""
+    path = tmp_path / "speech.flac"
+    sf.write(path, speech(2, 1.0).numpy(), 16000)
+    r = asyncio.run(stream_file(browser, server_url, path))
+    assert r["status"] == "done" and r["rate"] == 48000, r["error"]
+    sent = torch.from_numpy(r["sent"].copy())
+    assert abs(sent.numel() - 48000) <= 48 and sent.abs().max() > 0.05
+    assert torch.equal(torch.tensor(r["codes"])[None], tok.tokenize(sent, 48000))
 
 
 @needs_chromium
@@ -111,7 +126,7 @@ def test_browser_streams_a_file_and_plays_the_reconstruction(browser, hifigan_se
     r = asyncio.run(stream_file(browser, server.url, path, screenshot=shot))
     assert r["status"] == "done" and r["error"] == "" and r["note"] == "", r
     codes = tok.tokenize(wav, 16000)
-    assert torch.equal(torch.tensor(r["codes"])[None], codes)
+    assert np.array_equal(r["sent"], wav.numpy()) and torch.equal(torch.tensor(r["codes"])[None], codes)
     audio = torch.from_numpy(r["audio"].copy())[None]
     assert audio.shape == (1, codes.shape[-1] * 320) and r["done"]["samples"] == audio.shape[-1]
     assert torch.allclose(audio, tok.detokenize(codes), atol=1e-5)
@@ -129,9 +144,9 @@ def test_browser_streams_the_microphone(browser, hifigan_server, wav_file):
             await page.open(server.url.replace("ws://", "http://") + "/")
             await page.js("document.getElementById('want-audio').checked = false")
             await page.js("document.getElementById('mic').click()")
-            await page.wait("luna.status === 'streaming' && luna.sent.length >= 40 || luna.status === 'error'")
+            await page.wait("luna.status === 'streaming' && luna.sent.length >= 40 || luna.status === 'error'", 60)
             await page.js("document.getElementById('stop').click()")
-            await page.wait("luna.status === 'done' || luna.status === 'error'")
+            await page.wait("luna.status === 'done' || luna.status === 'error'", 120)
             r = await page.js("({status: luna.status, error: luna.error, codes: luna.codes, rate: luna.rate})")
             r["sent"] = await page.floats("sent")
             return r

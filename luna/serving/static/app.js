@@ -1,6 +1,7 @@
 // The page of `python -m luna.serve` (README "Serving (WebSocket)"): stream mode over this server's WebSocket.
-// A file is decoded at its own rate (a WAV's header says it) and sent in 40 ms chunks at real time; the
-// microphone is captured by an AudioWorklet (capture.js) at 48 kHz. Both send f32le PCM; the server answers one
+// A WAV file is read as is (PCM16 or float32, at its own rate; other files are decoded by the browser at 48 kHz)
+// and sent in 40 ms chunks at real time; the microphone is captured by an AudioWorklet (capture.js) at 48 kHz.
+// Both send f32le PCM; the server answers one
 // `codes` message per chunk (drawn as one strip per quantizer) and, when its vocoder streams, audio frames.
 "use strict";
 const CHUNK_MS = 40; // PCM per binary frame
@@ -169,11 +170,28 @@ function hear(data, rate) {
 let stopping = false;
 let stopMic = null;
 
-function wavRate(bytes) { // a WAV's own rate (decoding at it resamples nothing), else null
+function readWav(bytes) { // a PCM16 or float32 WAV → {rate, pcm: mono Float32Array} as luna reads it; else null
   const v = new DataView(bytes);
   if (bytes.byteLength < 12 || v.getUint32(0) !== 0x52494646 || v.getUint32(8) !== 0x57415645) return null; // RIFF WAVE
-  for (let p = 12; p + 16 <= bytes.byteLength; p += 8 + v.getUint32(p + 4, true) + (v.getUint32(p + 4, true) & 1)) {
-    if (v.getUint32(p) === 0x666d7420) return v.getUint32(p + 12, true); // "fmt ": rate after format, channels
+  let fmt = null;
+  for (let p = 12; p + 8 <= bytes.byteLength; p += 8 + v.getUint32(p + 4, true) + (v.getUint32(p + 4, true) & 1)) {
+    const id = v.getUint32(p);
+    if (id === 0x666d7420) { // "fmt "
+      fmt = { tag: v.getUint16(p + 8, true), channels: v.getUint16(p + 10, true), rate: v.getUint32(p + 12, true),
+        bits: v.getUint16(p + 22, true) };
+    } else if (id === 0x64617461 && fmt) { // "data"
+      const int16 = fmt.tag === 1 && fmt.bits === 16;
+      if (!int16 && !(fmt.tag === 3 && fmt.bits === 32)) return null; // other encodings: the browser decodes them
+      const width = fmt.bits / 8;
+      const frames = Math.floor(Math.min(v.getUint32(p + 4, true), bytes.byteLength - p - 8) / (width * fmt.channels));
+      const x = new Float32Array(frames);
+      for (let i = 0, at = p + 8; i < frames; i++) {
+        let sum = 0;
+        for (let c = 0; c < fmt.channels; c++, at += width) sum += int16 ? v.getInt16(at, true) / 32768 : v.getFloat32(at, true);
+        x[i] = sum / fmt.channels;
+      }
+      return { rate: fmt.rate, pcm: x };
+    }
   }
   return null;
 }
@@ -188,8 +206,9 @@ function mono(buffer) {
 
 async function streamFile() {
   const bytes = await $("file").files[0].arrayBuffer();
-  const rate = wavRate(bytes) || MIC_RATE;
-  const pcm = mono(await new OfflineAudioContext(1, 1, rate).decodeAudioData(bytes));
+  const wav = readWav(bytes); // exact samples at the file's rate (the browser's decoder scales int16 by 1/32767)
+  const rate = wav ? wav.rate : MIC_RATE;
+  const pcm = wav ? wav.pcm : mono(await new OfflineAudioContext(1, 1, rate).decodeAudioData(bytes));
   const stream = run(await openStream(rate), rate);
   const step = Math.round((rate * CHUNK_MS) / 1000);
   const t0 = performance.now();
