@@ -157,3 +157,25 @@ def test_browser_streams_the_microphone(browser, hifigan_server, wav_file):
     assert r["rate"] == 48000 and sent.numel() >= 40 * 1920
     assert sent.abs().max() > 0.05  # the WAV's speech came through (not silence)
     assert torch.equal(torch.tensor(r["codes"])[None], tok.tokenize(sent, 48000))
+
+
+@needs_chromium
+def test_browser_on_a_token_server(browser, tok, wav_file):
+    """The page is served without the token; its stream needs it, typed into the page (sent in the hello)."""
+    server = ThreadServer(tok, threads=1, token="s3cret")
+
+    async def attempt(token: str) -> dict:
+        async with Page(browser.page_url()) as page:
+            await page.open(server.url.replace("ws://", "http://") + "/")
+            await page.js(f"document.getElementById('token').value = {token!r}")
+            await page.choose_file("#file", wav_file[0])
+            await page.js("document.getElementById('play-file').click()")
+            await page.wait("luna.status === 'done' || luna.status === 'error'", timeout=120)
+            return await page.js("({status: luna.status, error: luna.error, frames: luna.done && luna.done.frames})")
+
+    try:
+        wrong, right = asyncio.run(attempt("guess")), asyncio.run(attempt("s3cret"))
+    finally:
+        server.close()
+    assert wrong["status"] == "error" and wrong["error"].startswith("unauthorized"), wrong
+    assert right == {"status": "done", "error": "", "frames": 100}, right
