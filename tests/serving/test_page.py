@@ -107,14 +107,16 @@ def test_browser_streams_a_file_codes_only_with_griffinlim(browser, server_url, 
 
 
 @needs_chromium
-def test_browser_decodes_other_files_at_48khz(browser, server_url, tok, tmp_path):
-    """A FLAC is decoded by the browser (resampled to 48 kHz); codes equal tokenize of the PCM the page sent."""
-    path = tmp_path / "speech.flac"
-    sf.write(path, speech(2, 1.0).numpy(), 16000)
+@pytest.mark.parametrize("name, rate", [("speech.flac", 16000), ("speech.wav", 11025)])
+def test_browser_decodes_other_files_at_48khz(browser, server_url, tok, tmp_path, name, rate):
+    """A FLAC, or a WAV at a rate the server does not take (11025: not in sample_rates), is decoded by the browser
+    at 48 kHz; codes equal tokenize of the PCM the page sent."""
+    path = tmp_path / name
+    sf.write(path, speech(2, 1.0).numpy(), rate)
     r = asyncio.run(stream_file(browser, server_url, path))
     assert r["status"] == "done" and r["rate"] == 48000, r["error"]
     sent = torch.from_numpy(r["sent"].copy())
-    assert abs(sent.numel() - 48000) <= 48 and sent.abs().max() > 0.05
+    assert abs(sent.numel() - 16000 / rate * 48000) <= 48 and sent.abs().max() > 0.05
     assert torch.equal(torch.tensor(r["codes"])[None], tok.tokenize(sent, 48000))
 
 

@@ -206,10 +206,19 @@ function mono(buffer) {
 
 async function streamFile() {
   const bytes = await $("file").files[0].arrayBuffer();
-  const wav = readWav(bytes); // exact samples at the file's rate (the browser's decoder scales int16 by 1/32767)
-  const rate = wav ? wav.rate : MIC_RATE;
-  const pcm = wav ? wav.pcm : mono(await new OfflineAudioContext(1, 1, rate).decodeAudioData(bytes));
-  const stream = run(await openStream(rate), rate);
+  let wav = readWav(bytes); // exact samples at the file's rate (the browser's decoder scales int16 by 1/32767)
+  let conn = null;
+  try {
+    conn = wav && (await openStream(wav.rate));
+  } catch (e) {
+    if (e.code !== "unsupported_rate") throw e; // a rate the server does not take: the browser resamples
+  }
+  if (!conn) {
+    wav = { rate: MIC_RATE, pcm: mono(await new OfflineAudioContext(1, 1, MIC_RATE).decodeAudioData(bytes)) };
+    conn = await openStream(MIC_RATE);
+  }
+  const { rate, pcm } = wav;
+  const stream = run(conn, rate);
   const step = Math.round((rate * CHUNK_MS) / 1000);
   const t0 = performance.now();
   stream.finished.catch(() => { stopping = true; });
