@@ -85,7 +85,7 @@ async def stream_file(browser: Chromium, url: str, wav: Path, screenshot: "Path 
                                "frames: document.getElementById('frames').textContent})")
         result["sent"] = await page.floats("sent")
         if result["status"] == "done" and result["ready"]["audio"]:
-            await page.wait("luna.heardPeak > 0", timeout=10)  # the AudioContext rendered the reconstruction
+            await page.wait("luna.heardPeak > 0", timeout=30)  # the AudioContext rendered the reconstruction
             result["heard"] = await page.js("luna.heardPeak")
             result["audio"] = await page.floats("audio")
         if screenshot is not None:
@@ -132,7 +132,8 @@ def test_browser_streams_a_file_and_plays_the_reconstruction(browser, hifigan_se
     audio = torch.from_numpy(r["audio"].copy())[None]
     assert audio.shape == (1, codes.shape[-1] * 320) and r["done"]["samples"] == audio.shape[-1]
     assert torch.allclose(audio, tok.detokenize(codes), atol=1e-5)
-    assert 0 < r["heard"] <= audio.abs().max().item() + 1e-3  # what the AudioContext played is that audio
+    peak = audio.abs().max().item()  # what the AudioContext rendered is that audio (resampled to its rate: a
+    assert 0.05 * peak < r["heard"] <= 1.25 * peak, (r["heard"], peak)  # resampler may overshoot a little)
     assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and 5_000 < shot.stat().st_size < 150_000
 
 
