@@ -10,7 +10,9 @@ connection's bounded queue; when the queue is full the reader awaits, so the ser
 shared :class:`~luna.serving.scheduler.Scheduler` (least-served connection first, chunks cut into jobs of
 ``job_seconds``), so the event loop stays free and each connection has at most one job in flight. When the
 client goes, its queued work is dropped. A violation is answered with a JSON ``error`` after the replies to
-everything received before it, then that connection alone is closed.
+everything received before it, then that connection alone is closed. A ``speak`` request (codes in, audio out)
+runs through the same scheduler, one job of ``job_seconds`` of audio at a time when the vocoder streams.
+A plain HTTP GET (no WebSocket upgrade) is answered with the page (luna/serving/page.py).
 """
 from __future__ import annotations
 

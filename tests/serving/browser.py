@@ -97,7 +97,7 @@ class Page:
 
     async def open(self, url: str) -> None:
         await self.call("Page.enable")
-        await self.call("Emulation.setDeviceMetricsOverride", width=800, height=380, deviceScaleFactor=1, mobile=False)
+        await self.call("Emulation.setDeviceMetricsOverride", width=800, height=410, deviceScaleFactor=1, mobile=False)
         await self.call("Page.navigate", url=url)
         await self.wait("document.readyState === 'complete' && typeof window.luna === 'object'")
 

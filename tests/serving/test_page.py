@@ -94,11 +94,13 @@ async def stream_file(browser: Chromium, url: str, wav: Path, screenshot: "Path 
 
 
 @needs_chromium
-def test_browser_streams_a_file_codes_only_with_griffinlim(browser, server_url, tok, wav_file):
+def test_browser_streams_a_file_codes_only_with_griffinlim(browser, server_url, tok, wav_file, tmp_path):
     """Griffin-Lim cannot stream audio: the page falls back to codes only and says so; codes equal tokenize."""
     path, wav = wav_file
-    r = asyncio.run(stream_file(browser, server_url, path))
+    shot = Path(os.environ.get("LUNA_SCREENSHOT") or tmp_path / "serve_page.png")
+    r = asyncio.run(stream_file(browser, server_url, path, screenshot=shot))
     assert r["status"] == "done", r["error"]
+    assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and 5_000 < shot.stat().st_size < 150_000
     assert r["note"].startswith("codes only") and "unsupported_mode" in r["note"] and r["ready"]["audio"] is False
     assert r["rate"] == 16000 and len(r["latencies"]) == 50  # 2 s in 40 ms chunks, one codes reply each
     assert np.array_equal(r["sent"], wav.numpy())  # the page sent the WAV's samples, exactly
@@ -124,7 +126,7 @@ def test_browser_decodes_other_files_at_48khz(browser, server_url, tok, tmp_path
 def test_browser_streams_a_file_and_plays_the_reconstruction(browser, hifigan_server, wav_file, tmp_path):
     server, tok = hifigan_server
     path, wav = wav_file
-    shot = Path(os.environ.get("LUNA_SCREENSHOT") or tmp_path / "serve_page.png")
+    shot = tmp_path / "serve_page_audio.png"
     r = asyncio.run(stream_file(browser, server.url, path, screenshot=shot))
     assert r["status"] == "done" and r["error"] == "" and r["note"] == "", r
     codes = tok.tokenize(wav, 16000)
