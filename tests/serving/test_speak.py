@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 
 import numpy as np
 import pytest
@@ -54,13 +55,20 @@ def test_a_dialogue_on_one_connection(server_url, tok):
         assert done == {"type": "done", "frames": codes.shape[-1], "samples": audio.shape[-1]}
 
 
-def test_speak_with_a_streaming_vocoder_streams_jobs_and_equals_detokenize():
-    """A HiFi-GAN (random v3, hop 160) streams: one audio frame per job of job_seconds, together = detokenize."""
+@pytest.fixture(scope="module")
+def hifigan_tok():
+    """The tiny causal model with a random HiFi-GAN v3 (hop 160): a vocoder that streams."""
     from luna.models.vocoder import HiFiGANGenerator, HiFiGANVocoder, hifigan_generator_config
 
     tok = tiny_tokenizer(causal=True)
     torch.manual_seed(0)
     tok.set_vocoder(HiFiGANVocoder(HiFiGANGenerator(hifigan_generator_config("v3", hop_length=160), 40), tok.config.mel))
+    return tok
+
+
+def test_speak_with_a_streaming_vocoder_streams_jobs_and_equals_detokenize(hifigan_tok):
+    """A HiFi-GAN streams: one audio frame per job of job_seconds, together = detokenize."""
+    tok = hifigan_tok
     codes = tok.tokenize(speech(7, 1.0), 16000)  # [1, 2, 50]
     server = ThreadServer(tok, threads=1, job_seconds=0.25)  # 13 tokens a job: 4 jobs
     started = server.server.scheduler.started
@@ -122,3 +130,29 @@ def test_speak_is_charged_to_the_audio_budget(tok):
     finally:
         server.close()
     assert fits.shape == (1, 50 * 320) and (error["code"], close) == ("busy", 1013)
+
+
+def test_a_speak_whose_client_left_stops_and_gives_its_budget_back(hifigan_tok):
+    """40 jobs of 5 tokens; the client reads one audio frame and closes: the rest never runs, nothing stays held."""
+    server = ThreadServer(hifigan_tok, threads=1, job_seconds=0.1)
+    started = server.server.scheduler.started
+
+    async def leave_after_one_frame():
+        async with connect(server.url, max_size=None) as ws:
+            await ws.send(json.dumps({"type": "hello", "mode": "speak"}))
+            assert json.loads(await ws.recv())["type"] == "ready"
+            await ws.send(speak_msg(torch.randint(0, 32, (2, 200)).tolist()))
+            assert isinstance(await ws.recv(), bytes)
+
+    try:
+        asyncio.run(leave_after_one_frame())
+        deadline = time.monotonic() + 20
+        while (server.server.connections or server.server.budget.used) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        jobs = server.server.scheduler.started - started
+        time.sleep(0.5)
+        assert server.server.scheduler.started - started == jobs  # nothing more runs
+    finally:
+        server.close()
+    assert server.server.connections == 0 and server.server.budget.used == 0
+    assert 1 <= jobs < 10, jobs
