@@ -1,7 +1,8 @@
 """A small client of ``python -m luna.serve`` (protocol: README "Serving (WebSocket)").
 
 ``tokenize_stream(url, audio, sr)`` streams chunks and collects codes as they arrive; ``tokenize_turn`` sends one
-utterance and gets all codes and the reconstruction. ``stream_async`` is the asyncio core (many streams in one
+utterance and gets all codes and the reconstruction; ``speak(url, codes)`` sends codes and gets their audio
+(``speak_on`` does it on an open connection, between utterances: a dialogue's loop). ``stream_async`` is the asyncio core (many streams in one
 loop, per-chunk latencies). ``python -m luna.client URL FILE [--turn] [--audio] [--token T]`` prints a summary.
 A server started with a token needs it: ``token=`` (sent as the header ``Authorization: Bearer TOKEN``); the
 command line reads ``--token`` or the environment variable ``LUNA_SERVE_TOKEN``.
@@ -112,6 +113,45 @@ def tokenize_turn(url: str, audio: Any, sample_rate: int, audio_out: bool = True
     """One utterance: (codes ``[1, n, T]`` = ``tokenize``, reconstruction ``[1, T × samples_per_token]`` or None)."""
     r = asyncio.run(stream_async(url, audio, sample_rate, mode="turn", chunk_ms=1000.0, audio_out=audio_out, token=token))
     return r.codes, r.audio
+
+
+async def speak_on(ws: Any, codes: Any) -> Tuple[torch.Tensor, Dict[str, Any]]:
+    """On an open connection, between utterances: speak codes ``[n, T]``; (audio ``[1, S]``, the done message)."""
+    await ws.send(json.dumps({"type": "speak", "codes": torch.as_tensor(codes).tolist()}, separators=(",", ":")))
+    pieces: List[np.ndarray] = []
+    samples = 0
+    while True:
+        message = await ws.recv()
+        if isinstance(message, bytes):
+            index, x = parse_audio_frame(message)
+            if index != samples:
+                raise ServerError("out_of_order", f"audio at sample {index}, expected {samples}")
+            pieces.append(x)
+            samples += len(x)
+            continue
+        msg = json.loads(message)
+        _raise_if_error(msg)
+        if msg["type"] == "done":
+            audio = np.concatenate(pieces) if pieces else np.zeros(0, np.float32)
+            return torch.from_numpy(audio)[None], msg
+
+
+async def speak_async(url: str, codes: Any, token: Optional[str] = None) -> Tuple[torch.Tensor, Dict[str, Any]]:
+    """A speak connection: codes ``[1, n, T]`` or ``[n, T]`` → (audio ``[1, S]`` at ready["sample_rate"], ready)."""
+    codes = torch.as_tensor(codes)
+    headers = {"Authorization": f"Bearer {token}"} if token else None
+    async with connect(url, max_size=None, additional_headers=headers) as ws:
+        await ws.send(json.dumps({"type": "hello", "mode": "speak"}))
+        ready = json.loads(await ws.recv())
+        _raise_if_error(ready)
+        audio, _ = await speak_on(ws, codes[0] if codes.dim() == 3 else codes)
+        return audio, ready
+
+
+def speak(url: str, codes: Any, token: Optional[str] = None) -> torch.Tensor:
+    """Codes ``[1, n, T]`` (e.g. a speech LM's reply) → the server's audio ``[1, T × samples_per_token]`` =
+    ``detokenize(codes)``."""
+    return asyncio.run(speak_async(url, codes, token=token))[0]
 
 
 @entry_point

@@ -1,7 +1,7 @@
 """``python -m luna.serve checkpoint=PATH [port=8765] [host=127.0.0.1]``: a tokenizer behind a WebSocket.
 
 Protocol (stream and turn modes): luna/serving/protocol.py and README "Serving (WebSocket)". Once listening it
-prints ``serving ws://HOST:PORT`` on stdout (``port=0`` picks a free port). User errors (missing checkpoint, bad
+prints ``serving ws://HOST:PORT (page: http://HOST:PORT/)`` on stdout (``port=0`` picks a free port). User errors (missing checkpoint, bad
 port or config) print one line ``error: ...`` on stderr and exit with code 2.
 """
 from __future__ import annotations
@@ -37,7 +37,7 @@ def main(cfg: DictConfig) -> None:
     def ready(host: str, port: int) -> None:
         log.info("serving %s (%.4g tokens/s, %d x %d codes) on ws://%s:%d", cfg.checkpoint, tok.frame_rate,
                  tok.num_quantizers, tok.codebook_size, host, port)
-        print(f"serving ws://{host}:{port}", flush=True)
+        print(f"serving ws://{host}:{port} (page: http://{host}:{port}/)", flush=True)
 
     try:
         asyncio.run(Server(tok, cfg).serve(ready))

@@ -91,3 +91,12 @@ def test_the_readme_example_from_another_directory(installed):
     block = block.replace('"luna/data/librispeech_mini/', f'"{bundled}/')  # the corpus as installed
     _run([py, "-c", block], cwd=work, env=env)
     assert (work / "reconstruction.wav").stat().st_size > 1000
+
+
+def test_the_serve_page_comes_with_the_wheel(installed):
+    """luna.serve answers ``/`` from luna/serving/static: package data, so it must be in the wheel."""
+    py, work, env, _ = installed
+    code = ("from luna.serving.page import FILES, STATIC; print(STATIC); "
+            "print(all((STATIC / name).stat().st_size > 500 for name, _ in FILES.values()))")
+    static, ok = _run([py, "-c", code], cwd=work, env=env).stdout.split()
+    assert str(ROOT) not in static and "site-packages" in static and ok == "True"

@@ -2,7 +2,9 @@
 
 Client → server: a JSON ``hello``, then binary frames of PCM (mono, ``f32le`` or ``s16le`` at the hello's
 ``sample_rate``), then JSON ``{"type": "end"}``; after the server's ``done`` another utterance may follow on the
-same connection (same hello). Server → client: JSON ``ready``, ``codes``, ``done``, ``error``; reconstructed
+same connection (same hello). Between utterances a JSON ``{"type": "speak", "codes": [[...], ...]}`` (codes
+``[n][T]``) asks the server to speak codes: audio frames, then ``done`` (a ``"mode": "speak"`` hello, which needs
+no sample rate, opens a connection for that alone). Server → client: JSON ``ready``, ``codes``, ``done``, ``error``; reconstructed
 audio travels as binary frames: an 8-byte little-endian uint64 (index of the first sample of the utterance's
 reconstruction) followed by float32 little-endian samples at the model rate. The table is in the README.
 
@@ -20,7 +22,7 @@ from typing import Any, Dict, Optional, Sequence
 import numpy as np
 import torch
 
-MODES = ("stream", "turn")
+MODES = ("stream", "turn", "speak")  # speak: codes in, audio out (no PCM in)
 FORMATS = {"f32le": np.dtype("<f4"), "s16le": np.dtype("<i2")}  # bytes per sample: 4, 2
 AUDIO_HEADER = struct.Struct("<Q")  # first sample index of a binary audio frame
 CLOSE_POLICY = 1008  # a client that broke the protocol
@@ -42,8 +44,8 @@ class ProtocolError(Exception):
 
 @dataclass(frozen=True)
 class Hello:
-    mode: str  # stream | turn
-    sample_rate: int  # of the client's PCM
+    mode: str  # stream | turn | speak
+    sample_rate: Optional[int]  # of the client's PCM (None in speak mode, which sends none)
     format: str  # f32le | s16le
     audio: bool  # also send the reconstruction
     num_quantizers: Optional[int]  # None: all of the model's
@@ -73,15 +75,17 @@ def parse_hello(msg: Dict[str, Any], sample_rates: Sequence[int], model_quantize
     if not isinstance(mode, str) or mode not in MODES:
         raise ProtocolError("bad_hello", f"mode must be one of {', '.join(MODES)}, got {mode!r}")
     rate = msg.get("sample_rate")
-    if not isinstance(rate, int) or isinstance(rate, bool):
+    if rate is None and mode == "speak":
+        pass  # a speak connection sends codes, not PCM
+    elif not isinstance(rate, int) or isinstance(rate, bool):
         raise ProtocolError("bad_hello", f"sample_rate must be an integer, got {rate!r}")
-    if rate not in list(sample_rates):
+    elif rate not in list(sample_rates):
         accepted = ", ".join(str(r) for r in sample_rates)
         raise ProtocolError("unsupported_rate", f"sample_rate {rate} is not served (accepted: {accepted})")
     fmt = msg.get("format", "f32le")
     if not isinstance(fmt, str) or fmt not in FORMATS:  # a list or dict is unhashable: check the type first
         raise ProtocolError("unsupported_format", f"format must be f32le or s16le, got {fmt!r}")
-    audio = msg.get("audio", mode == "turn")
+    audio = msg.get("audio", mode != "stream")
     if not isinstance(audio, bool):
         raise ProtocolError("bad_hello", f"audio must be true or false, got {audio!r}")
     n = msg.get("num_quantizers")
@@ -96,12 +100,32 @@ def check_chunk(data: bytes, hello: Optional[Hello], max_chunk_bytes: int) -> No
     """A binary frame is PCM only after a hello, at most ``max_chunk_bytes``, whole samples of the format."""
     if hello is None:
         raise ProtocolError("binary_before_hello", "a binary frame arrived before the hello")
+    if hello.mode == "speak":
+        raise ProtocolError("unsupported_mode", "a speak connection sends codes (speak messages), not audio")
     if len(data) > max_chunk_bytes:
         raise ProtocolError("chunk_too_large", f"a chunk of {len(data)} bytes exceeds max_chunk_bytes={max_chunk_bytes}")
     if len(data) % hello.sample_width:
         raise ProtocolError(
             "bad_alignment", f"a chunk of {len(data)} bytes is not whole {hello.format} samples ({hello.sample_width} bytes each)"
         )
+
+
+def parse_codes(msg: Dict[str, Any], model_quantizers: int, codebook_size: int) -> torch.Tensor:
+    """A ``speak`` message's codes → LongTensor ``[n, T]`` (1 <= n <= the model's quantizers, T >= 1, every code in
+    0 .. codebook_size - 1); anything else is ``bad_input``."""
+    unknown = sorted(set(msg) - {"type", "codes"})
+    if unknown:
+        raise ProtocolError("bad_input", f"unknown speak field(s): {', '.join(unknown)}")
+    try:
+        codes = np.asarray(msg.get("codes"))
+    except (ValueError, TypeError, OverflowError):  # ragged rows
+        codes = np.zeros(0)
+    if codes.ndim != 2 or codes.dtype.kind not in "iu" or not 1 <= codes.shape[0] <= model_quantizers or not codes.shape[1]:
+        raise ProtocolError("bad_input", f"speak codes must be integers [n][T] with 1 <= n <= {model_quantizers} "
+                            f"and T >= 1 (got shape {list(codes.shape)}, {codes.dtype.name})")
+    if codes.min() < 0 or codes.max() >= codebook_size:
+        raise ProtocolError("bad_input", f"speak codes must be in 0..{codebook_size - 1}, got {codes.min()}..{codes.max()}")
+    return torch.from_numpy(codes.astype(np.int64))
 
 
 def decode_pcm(data: bytes, fmt: str) -> torch.Tensor:

@@ -10,7 +10,9 @@ connection's bounded queue; when the queue is full the reader awaits, so the ser
 shared :class:`~luna.serving.scheduler.Scheduler` (least-served connection first, chunks cut into jobs of
 ``job_seconds``), so the event loop stays free and each connection has at most one job in flight. When the
 client goes, its queued work is dropped. A violation is answered with a JSON ``error`` after the replies to
-everything received before it, then that connection alone is closed.
+everything received before it, then that connection alone is closed. A ``speak`` request (codes in, audio out)
+runs through the same scheduler, one job of ``job_seconds`` of audio at a time when the vocoder streams.
+A plain HTTP GET (no WebSocket upgrade) is answered with the page (luna/serving/page.py).
 """
 from __future__ import annotations
 
@@ -24,11 +26,11 @@ from websockets.asyncio.server import ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 
 from luna.errors import ConfigError, LunaError, one_line
-from luna.serving import protocol
+from luna.serving import page, protocol
 from luna.serving.admission import AudioBudget, Gate, check_limits
 from luna.serving.protocol import ProtocolError
 from luna.serving.scheduler import Scheduler
-from luna.serving.session import concat, new_session
+from luna.serving.session import Speech, concat, new_session
 
 log = logging.getLogger("luna.serve")
 
@@ -66,6 +68,10 @@ class Server:
         finally:
             self.connections -= 1
 
+    def answer_http(self, connection: Any, request: Any) -> Any:
+        """A plain GET: the page (luna/serving/page.py); a WebSocket handshake: Origin and token (the Gate)."""
+        return page.respond(connection, request) or self.gate.check_request(connection, request)
+
     async def serve(self, on_ready: Callable[[str, int], None] = lambda host, port: None,
                     stop: Optional[asyncio.Event] = None) -> None:
         """Serve until ``stop`` is set (forever without one); ``on_ready(host, port)`` once bound."""
@@ -76,7 +82,7 @@ class Server:
                 max_size=2 * int(cfg.max_chunk_bytes) + 4096,  # up to 2x max_chunk_bytes: our chunk_too_large error
                 max_queue=max(1, int(cfg.queue_chunks)),  # frames websockets buffers before it stops reading TCP
                 ping_interval=cfg.ping_interval,
-                process_request=self.gate.check_request,
+                process_request=self.answer_http,
             )
         except OSError as e:
             raise ConfigError(f"port: cannot listen on {cfg.host}:{cfg.port}: {e.strerror or e}") from None
@@ -108,6 +114,7 @@ class Connection:
         self.held = 0  # decoded audio bytes charged to the server's budget
         self.working = False  # the processor is on an item (the client waits for us: not idle)
         self.gone = False  # the client closed: queued work is dropped
+        self.open_utterance = False  # PCM arrived since the last end (the reader's view: a speak must wait)
 
     async def run(self) -> None:
         peer = self.ws.remote_address
@@ -145,6 +152,7 @@ class Connection:
             protocol.check_chunk(message, self.hello, int(self.cfg.max_chunk_bytes))
             pcm = protocol.decode_pcm(message, self.hello.format)  # [S] float32
             self.charge(pcm.numel() * pcm.element_size())
+            self.open_utterance = True
             return "audio", pcm
         msg = protocol.parse_json(message)
         kind = msg["type"]
@@ -160,8 +168,28 @@ class Connection:
         if kind == "end":
             if self.hello is None:
                 raise ProtocolError("end_before_hello", '{"type": "end"} arrived before the hello')
+            if self.hello.mode == "speak":
+                raise ProtocolError("unsupported_mode", "a speak connection sends speak messages, not utterances")
+            self.open_utterance = False
             return "end", None
-        raise ProtocolError("unknown_type", f"unknown message type {kind!r} (client messages: hello, end)")
+        if kind == "speak":
+            return "speak", self.speech(msg)
+        raise ProtocolError("unknown_type", f"unknown message type {kind!r} (client messages: hello, end, speak)")
+
+    def speech(self, msg: Dict[str, Any]) -> Any:
+        """A speak request's codes ``[n, T]`` (valid, between utterances, its audio charged to the budget)."""
+        if self.hello is None:
+            raise ProtocolError("speak_before_hello", '{"type": "speak"} arrived before the hello')
+        if self.open_utterance:
+            raise ProtocolError("bad_input", 'speak comes between utterances: send {"type": "end"} first')
+        tok = self.server.tok
+        codes = protocol.parse_codes(msg, tok.num_quantizers, tok.codebook_size)  # [n, T]
+        seconds = codes.shape[-1] * tok.samples_per_token / tok.sample_rate
+        if seconds > float(self.cfg.max_turn_seconds):
+            raise ProtocolError("turn_too_long", f"{codes.shape[-1]} tokens are {seconds:.1f} s of audio "
+                                f"(max_turn_seconds={self.cfg.max_turn_seconds})")
+        self.charge(codes.shape[-1] * tok.samples_per_token * 4)  # the float32 reconstruction it will hold
+        return codes
 
     def charge(self, nbytes: int) -> None:
         budget = self.server.budget
@@ -222,6 +250,21 @@ class Connection:
         """A new session: no model work, so not behind other connections' jobs."""
         return await asyncio.to_thread(new_session, self.server.tok, hello, float(self.cfg.max_turn_seconds))
 
+    async def speak(self, codes: Any) -> None:
+        """Codes ``[n, T]`` → audio frames (at most one job of audio each, as each job ends), then ``done``."""
+        tok = self.server.tok
+        try:
+            speech = await asyncio.to_thread(Speech, tok, codes, math.ceil(float(self.cfg.job_seconds) * tok.frame_rate))
+            step, samples = speech.frames * tok.samples_per_token, 0
+            for seconds, fn in speech.jobs():
+                audio = await self.compute(seconds, fn)
+                for a in range(0, audio.numel(), step):
+                    await self.ws.send(protocol.audio_frame(samples + a, audio[a:a + step]))
+                samples += audio.numel()
+        finally:
+            self.release(codes.shape[-1] * tok.samples_per_token * 4)
+        await self.ws.send(json.dumps({"type": "done", "frames": codes.shape[-1], "samples": samples}))
+
     async def process(self) -> None:
         session, chunk, frames, samples = None, 0, 0, 0
         while True:
@@ -237,6 +280,10 @@ class Connection:
                 await self.ws.send(json.dumps(ready))
                 self.working = False
                 continue
+            if kind == "speak":
+                await self.speak(value)
+                self.working = False
+                continue
             if kind == "audio":
                 out = await self.push(session, value)
                 if self.hello.mode == "stream":  # exactly one codes reply per chunk (t may be 0), in order
@@ -244,9 +291,9 @@ class Connection:
                     await self.ws.send(protocol.codes_message(out.index, out.codes, chunk))
                 chunk += 1
             else:  # end: the rest of the codes (all of them in a turn)
-                seconds = getattr(session, "length", 0) / self.hello.sample_rate  # a turn: its whole utterance
-                out = await self.compute(seconds, session.flush)
-                self.release(self.held)
+                length = getattr(session, "length", 0)  # a turn: its whole utterance (float32 samples held)
+                out = await self.compute(length / self.hello.sample_rate, session.flush)
+                self.release(4 * length)
                 await self.ws.send(protocol.codes_message(out.index, out.codes))
             frames += out.codes.shape[-1]
             if out.audio is not None and out.audio.numel():

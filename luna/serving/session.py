@@ -101,8 +101,50 @@ class TurnSession:
         return Output(0, codes.cpu(), 0, rec)
 
 
+class Speech:
+    """A ``speak`` request: codes ``[n, T]`` → the reconstruction at the model rate, as jobs of at most ``frames``
+    tokens each. With a vocoder that streams, each job pushes its tokens through ``tok.stream_decoder`` (the last
+    one also flushes it); otherwise one job runs ``tok.detokenize`` on all of them. Either way the audio,
+    concatenated, is ``detokenize(codes)``."""
+
+    def __init__(self, tok, codes: torch.Tensor, frames: int):
+        self.tok, self.codes, self.frames = tok, codes.to(tok.device), max(1, int(frames))
+        try:
+            self.decoder = tok.stream_decoder()
+        except ConfigError:  # Griffin-Lim iterates over the whole spectrogram: it cannot stream
+            self.decoder = None
+
+    def jobs(self) -> List[tuple]:
+        """``[(audio seconds, fn)]`` in order; ``fn()`` → audio ``[s]`` float32."""
+        total = self.codes.shape[-1]
+        seconds = self.tok.samples_per_token / self.tok.sample_rate
+        if self.decoder is None:
+            return [(total * seconds, self.detokenize)]
+        starts = range(0, total, self.frames)
+        return [(min(self.frames, total - a) * seconds, lambda a=a: self.push(a, a + self.frames >= total)) for a in starts]
+
+    @torch.no_grad()
+    def detokenize(self) -> torch.Tensor:
+        return self.tok.detokenize(self.codes[None])[0].float().cpu()
+
+    @torch.no_grad()
+    def push(self, start: int, last: bool) -> torch.Tensor:
+        parts = [self.decoder.push(self.codes[None, :, start:start + self.frames])]
+        if last:
+            parts.append(self.decoder.flush())
+        return torch.cat([p.reshape(-1).float().cpu() for p in parts])
+
+
+class NoSession:
+    """A speak connection: no PCM, so no utterance state (its requests are :class:`Speech`)."""
+
+    latency_ms = None
+
+
 def new_session(tok, hello: Hello, max_turn_seconds: float):
     """The session for ``hello.mode`` (raises :class:`ProtocolError` when the model cannot serve it)."""
     if hello.mode == "stream":
         return StreamSession(tok, hello)
+    if hello.mode == "speak":
+        return NoSession()
     return TurnSession(tok, hello, max_turn_seconds)
