@@ -78,10 +78,12 @@ def test_adamw_takes_its_settings_from_the_config_node():
     assert adamw(p, o, lr=1e-3, betas=[0.5, 0.9]).defaults["betas"] == (0.5, 0.9)  # an explicit override wins
 
 
-def test_min_progress_moves_the_cosine_at_least_that_far():
-    # the wall clock's share of trainer.max_minutes: at step 10 of 110 (progress 0) a clock at 50% gives the midpoint
-    assert lr_at(10, 2.0, 110, 10, min_ratio=0.1, min_progress=0.5) == approx(2.0 * (0.1 + 0.9 / 2))
+def test_min_progress_is_a_floor_on_the_schedules_position():
+    # the wall clock's share of trainer.max_minutes counts as step min_progress x total (warm-up and decay alike):
+    # at step 10 of 100 (warm-up 10), a clock at 55% is step 55, the cosine's midpoint
+    assert lr_at(10, 2.0, 100, 10, min_ratio=0.1, min_progress=0.55) == approx(2.0 * (0.1 + 0.9 / 2))
     assert lr_at(85, 2.0, 110, 10, min_progress=0.5) == approx(lr_at(85, 2.0, 110, 10))  # the step is further: it wins
     assert lr_at(10, 2.0, 110, 10, min_ratio=0.1, min_progress=3.0) == approx(0.2)  # clamped at the end
-    assert lr_at(3, 2.0, 110, 10, min_progress=0.9) == approx(0.8)  # warm-up is by step only
+    assert lr_at(3, 2.0, 110, 10, min_progress=0.05) == approx(2.0 * 6.5 / 10)  # the clock says step 5.5: warming
+    assert lr_at(3, 2.0, 110, 10, min_progress=0.9) < 0.2  # a clock near its end leaves warm-up behind
     assert lr_at(3, 2.0, 110, 0, kind="constant", min_progress=0.9) == approx(2.0)
