@@ -221,7 +221,7 @@ class Loop:
             self.scaler.scale(loss / self.accumulate).backward()
             for k, v in {"loss": loss, **terms}.items():
                 sums[k] = sums.get(k, 0) + v.detach().float()
-        grad_norm = self.guard.step(self.optimizer, self.scaler, loss.detach().float(), lr)
+        grad_norm = self.guard.step(self.optimizer, self.scaler, sums["loss"], lr)  # every micro-batch's loss
         return sums, grad_norm
 
     def poll_clock(self) -> None:
