@@ -41,6 +41,21 @@ def _raise_if_error(msg: Dict[str, Any]) -> None:
         raise ServerError(msg.get("code", "?"), msg.get("message", ""))
 
 
+class _AudioIn:
+    """The binary audio frames of one answer, each checked to start where the previous one ended."""
+
+    def __init__(self) -> None:
+        self.pieces: List[np.ndarray] = []
+        self.samples = 0
+
+    def add(self, message: bytes) -> None:
+        index, x = parse_audio_frame(message)
+        if index != self.samples:
+            raise ServerError("out_of_order", f"audio at sample {index}, expected {self.samples}")
+        self.pieces.append(x)
+        self.samples += len(x)
+
+
 async def stream_async(url: str, audio: Any, sample_rate: int, *, mode: str = "stream", chunk_ms: float = 40.0,
                        audio_out: bool = False, fmt: str = "f32le", num_quantizers: Optional[int] = None,
                        realtime: bool = False, token: Optional[str] = None) -> Result:
@@ -70,17 +85,13 @@ async def stream_async(url: str, audio: Any, sample_rate: int, *, mode: str = "s
 
         sender = asyncio.create_task(send())
         codes: List[torch.Tensor] = []  # each [n, t]
-        pieces: List[np.ndarray] = []
-        frames, samples, latencies = 0, 0, []
+        audio_in = _AudioIn()
+        frames, latencies = 0, []
         try:
             while True:
                 message = await ws.recv()
                 if isinstance(message, bytes):
-                    index, x = parse_audio_frame(message)
-                    if index != samples:
-                        raise ServerError("out_of_order", f"audio at sample {index}, expected {samples}")
-                    pieces.append(x)
-                    samples += len(x)
+                    audio_in.add(message)
                     continue
                 msg = json.loads(message)
                 _raise_if_error(msg)
@@ -97,7 +108,7 @@ async def stream_async(url: str, audio: Any, sample_rate: int, *, mode: str = "s
             sender.cancel()
         n = ready["num_quantizers"]
         all_codes = torch.cat(codes, -1)[None] if codes else torch.zeros(1, n, 0, dtype=torch.long)
-        rec = torch.from_numpy(np.concatenate(pieces))[None] if pieces else None
+        rec = torch.from_numpy(np.concatenate(audio_in.pieces))[None] if audio_in.pieces else None
         return Result(all_codes, rec, ready, msg, latencies)
 
 
@@ -118,21 +129,16 @@ def tokenize_turn(url: str, audio: Any, sample_rate: int, audio_out: bool = True
 async def speak_on(ws: Any, codes: Any) -> Tuple[torch.Tensor, Dict[str, Any]]:
     """On an open connection, between utterances: speak codes ``[n, T]``; (audio ``[1, S]``, the done message)."""
     await ws.send(json.dumps({"type": "speak", "codes": torch.as_tensor(codes).tolist()}, separators=(",", ":")))
-    pieces: List[np.ndarray] = []
-    samples = 0
+    audio_in = _AudioIn()
     while True:
         message = await ws.recv()
         if isinstance(message, bytes):
-            index, x = parse_audio_frame(message)
-            if index != samples:
-                raise ServerError("out_of_order", f"audio at sample {index}, expected {samples}")
-            pieces.append(x)
-            samples += len(x)
+            audio_in.add(message)
             continue
         msg = json.loads(message)
         _raise_if_error(msg)
         if msg["type"] == "done":
-            audio = np.concatenate(pieces) if pieces else np.zeros(0, np.float32)
+            audio = np.concatenate(audio_in.pieces) if audio_in.pieces else np.zeros(0, np.float32)
             return torch.from_numpy(audio)[None], msg
 
 
