@@ -135,7 +135,8 @@ def _fmt(x: Any, digits: int = 3) -> str:
     return "n/a" if x is None else f"{x:.{digits}f}" if isinstance(x, float) else str(x)
 
 
-def main(argv: Optional[List[str]] = None) -> None:
+def parser() -> argparse.ArgumentParser:
+    """The command line (tests/test_docs.py parses the documented arms with it)."""
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--name", required=True, help="arm name: outputs/quality/NAME")
     p.add_argument("--steps", type=int, default=3000, help="optimizer steps (default: the demo's 3000)")
@@ -146,7 +147,11 @@ def main(argv: Optional[List[str]] = None) -> None:
                    help="the shared librispeech-mini folder holding the unseen readers (default ../shared/data/librispeech-mini)")
     p.add_argument("--out", type=Path, default=OUT, help="where arms and results.jsonl go (default outputs/quality)")
     p.add_argument("overrides", nargs="*", help="Hydra overrides of luna.train on top of experiment=quickstart")
-    a = p.parse_args(argv)
+    return p
+
+
+def main(argv: Optional[List[str]] = None) -> None:
+    a = parser().parse_args(argv)
     row = measure(a.name, a.overrides, a.steps, a.threads, a.eval_files, a.out, a.unseen_root)
     u = row["unseen"] or {}
     print("| arm | steps | train s | mel L1 | STOI | PESQ-WB | unseen readers: mel L1 | STOI | PESQ-WB |")

@@ -160,10 +160,8 @@ def speak(url: str, codes: Any, token: Optional[str] = None) -> torch.Tensor:
     return asyncio.run(speak_async(url, codes, token=token))[0]
 
 
-@entry_point
-def main(argv: Optional[List[str]] = None) -> None:
-    from luna import audio as audio_io
-
+def parser() -> argparse.ArgumentParser:
+    """The command line of ``python -m luna.client`` (tests/test_docs.py parses the documented commands with it)."""
     p = argparse.ArgumentParser(prog="python -m luna.client", description="Tokenize a file on a luna server.")
     p.add_argument("url")
     p.add_argument("file")
@@ -171,7 +169,14 @@ def main(argv: Optional[List[str]] = None) -> None:
     p.add_argument("--audio", action="store_true", help="also receive the reconstruction")
     p.add_argument("--chunk-ms", type=float, default=40.0)
     p.add_argument("--token", default=os.environ.get("LUNA_SERVE_TOKEN"), help="the server's token (default: $LUNA_SERVE_TOKEN)")
-    a = p.parse_args(argv)
+    return p
+
+
+@entry_point
+def main(argv: Optional[List[str]] = None) -> None:
+    from luna import audio as audio_io
+
+    a = parser().parse_args(argv)
     wav, sr = audio_io.load(a.file)
     try:
         r = asyncio.run(stream_async(a.url, wav, sr, mode="turn" if a.turn else "stream", chunk_ms=a.chunk_ms,

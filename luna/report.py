@@ -52,16 +52,21 @@ def _evaluate_runs(rows: List[dict], max_files: Optional[int], device: str, voco
             row[key] = report.get(key)
 
 
+def parser() -> argparse.ArgumentParser:
+    """The command line of ``python -m luna.report`` (tests/test_docs.py parses the documented commands with it)."""
+    p = argparse.ArgumentParser(prog="python -m luna.report", description=__doc__.splitlines()[0])
+    p.add_argument("sweep_dir", type=Path, help="a Hydra multirun dir (holds one dir per job)")
+    p.add_argument("--eval", action="store_true", help="evaluate each run's checkpoint on the bundled dev-clean readers")
+    p.add_argument("--max-files", type=int, default=None, help="with --eval: at most this many dev-clean files")
+    p.add_argument("--device", default="auto", help="with --eval: auto | cpu | cuda")
+    p.add_argument("--vocoder", default=None,
+                   help="with --eval: a conf/vocoder preset (default: conf/eval.yaml's); griffinlim fits any model")
+    return p
+
+
 @entry_point
 def main(argv: Optional[List[str]] = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m luna.report", description=__doc__.splitlines()[0])
-    parser.add_argument("sweep_dir", type=Path, help="a Hydra multirun dir (holds one dir per job)")
-    parser.add_argument("--eval", action="store_true", help="evaluate each run's checkpoint on the bundled dev-clean readers")
-    parser.add_argument("--max-files", type=int, default=None, help="with --eval: at most this many dev-clean files")
-    parser.add_argument("--device", default="auto", help="with --eval: auto | cpu | cuda")
-    parser.add_argument("--vocoder", default=None,
-                        help="with --eval: a conf/vocoder preset (default: conf/eval.yaml's); griffinlim fits any model")
-    args = parser.parse_args(argv)
+    args = parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="[%(name)s][%(levelname)s] %(message)s")
 
     if not args.sweep_dir.is_dir():
