@@ -5,7 +5,7 @@
 
 luna's points come from ``benchmarks.quality`` rows (``results.jsonl``: dev-clean, and the 40 unseen
 train-clean-100 readers when the row has them), from evaluated sweeps (``luna.report --eval`` leaves
-``<run>/eval/report.json``) and from the measurements README records (``RECORDED``). The published points are
+``<run>/eval/report.json``) and from the measurements docs/quality.md records (``RECORDED``). The published points are
 another test set, LibriSpeech test-clean, as the Llasa / X-Codec2 paper reports them (arXiv 2502.04128, Table 1):
 the figure says so. Writes ``rate_distortion.png`` and ``rate_distortion.json`` (every point behind it).
 """
@@ -25,7 +25,7 @@ PUBLISHED_SOURCE = "LibriSpeech test-clean, Llasa/X-Codec2 paper (arXiv 2502.041
 PUBLISHED = [("DAC-16k", 6.0, 0.95, 4.01), ("EnCodec", 6.0, 0.94, 2.77), ("EnCodec", 1.5, 0.85, 1.56),
              ("Mimi", 1.1, 0.91, 2.25), ("BigCodec", 1.04, 0.93, 2.68), ("X-Codec2", 0.8, 0.92, 2.43),
              ("WavTokenizer", 0.9, 0.90, 2.13), ("SpeechTokenizer", 1.0, 0.77, 1.25)]
-#: luna measurements README records (section "Quality, measured", 2026-12-01; dev-clean, universal HiFi-GAN)
+#: luna measurements docs/quality.md records (the causal quality cost, 2026-12-01; dev-clean, universal HiFi-GAN)
 RECORDED = [
     {"name": "noncausal3000", "label": "rvq8_256, 3k steps", "bitrate_bps": 22050 / 512 * 80, "stoi": 0.895, "pesq_wb": 1.97,
      "command": "python -m benchmarks.quality --name noncausal3000 --steps 3000"},
@@ -97,7 +97,7 @@ def sweep_points(sweep_dir: Path) -> List[Dict[str, Any]]:
 
 def recorded_points() -> List[Dict[str, Any]]:
     return [{"label": r["label"], "kbps": r["bitrate_bps"] / 1000, "stoi": r["stoi"], "pesq_wb": r["pesq_wb"],
-             "group": "luna, dev-clean", "test_set": DEV_CLEAN_SET, "command": r["command"], "source": "README"}
+             "group": "luna, dev-clean", "test_set": DEV_CLEAN_SET, "command": r["command"], "source": "docs/quality.md"}
             for r in RECORDED]
 
 
@@ -125,7 +125,7 @@ def main(argv: Optional[List[str]] = None) -> None:
     luna = [pt for r in results for pt in quality_points(r)] + [pt for s in a.sweep for pt in sweep_points(s)]
     paths = write_picture(luna + recorded_points(), a.out)
     print(f"{len(luna)} luna points from {len(results)} results files and {len(a.sweep)} sweeps "
-          f"(+ {len(RECORDED)} recorded in README, {len(PUBLISHED)} published): wrote {paths['png']} and {paths['json']}")
+          f"(+ {len(RECORDED)} recorded in docs/quality.md, {len(PUBLISHED)} published): wrote {paths['png']} and {paths['json']}")
 
 
 if __name__ == "__main__":

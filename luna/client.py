@@ -1,4 +1,4 @@
-"""A small client of ``python -m luna.serve`` (protocol: README "Serving (WebSocket)").
+"""A small client of ``python -m luna.serve`` (protocol: docs/streaming.md "Server (WebSocket)").
 
 ``tokenize_stream(url, audio, sr)`` streams chunks and collects codes as they arrive; ``tokenize_turn`` sends one
 utterance and gets all codes and the reconstruction; ``speak(url, codes)`` sends codes and gets their audio

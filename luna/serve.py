@@ -1,6 +1,6 @@
 """``python -m luna.serve checkpoint=PATH [port=8765] [host=127.0.0.1]``: a tokenizer behind a WebSocket.
 
-Protocol (stream and turn modes): luna/serving/protocol.py and README "Serving (WebSocket)". Once listening it
+Protocol (stream and turn modes): luna/serving/protocol.py and docs/streaming.md "Server (WebSocket)". Once listening it
 prints ``serving ws://HOST:PORT (page: http://HOST:PORT/)`` on stdout (``port=0`` picks a free port). User errors (missing checkpoint, bad
 port or config) print one line ``error: ...`` on stderr and exit with code 2.
 """

@@ -45,7 +45,7 @@ def test_the_picture_holds_the_published_points_and_the_luna_rows(tmp_path):
     assert luna["recorded", "luna, 40 unseen readers"]["stoi"] == 0.85  # the unseen readers: their own points
     assert ("mimi", "luna, 40 unseen readers") not in luna and not any(k[0] == "broken" for k in luna)
     assert luna["0", "luna, dev-clean"]["kbps"] == pytest.approx(22050 / 512 * 40 / 1000)  # the sweep's rvq4 run
-    # README's measured demo point, on dev-clean
+    # docs/quality.md's measured 3,000-step point, on dev-clean
     assert luna["rvq8_256, 3k steps", "luna, dev-clean"]["stoi"] == 0.895
     assert luna["rvq8_256, 3k steps", "luna, dev-clean"]["pesq_wb"] == 1.97
 

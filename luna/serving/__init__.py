@@ -1,4 +1,4 @@
-"""``python -m luna.serve``: a WebSocket server for a luna tokenizer (protocol: README "Serving (WebSocket)").
+"""``python -m luna.serve``: a WebSocket server for a luna tokenizer (protocol: docs/streaming.md "Server (WebSocket)").
 
 One concept per module (the typed config is :class:`luna.config.ServeConfig`): :mod:`~luna.serving.protocol`
 (message schema and validation), :mod:`~luna.serving.session` (per-utterance model state),

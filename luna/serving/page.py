@@ -2,7 +2,7 @@
 
 A GET without ``Upgrade: websocket`` is answered here (websockets' ``process_request`` may answer any request):
 ``/`` is the page, which streams a file or the microphone to this server and shows the codes as they arrive
-(README "Serving (WebSocket)"). The files hold nothing secret, so they are served to anyone who can reach the
+(docs/streaming.md "Server (WebSocket)"). The files hold nothing secret, so they are served to anyone who can reach the
 port; the WebSocket handshake that follows still passes the Origin allow-list and the token
 (:class:`~luna.serving.admission.Gate`): the page's own origin is admitted, other pages are refused.
 """

@@ -6,7 +6,7 @@ same connection (same hello). Between utterances a JSON ``{"type": "speak", "cod
 ``[n][T]``) asks the server to speak codes: audio frames, then ``done`` (a ``"mode": "speak"`` hello, which needs
 no sample rate, opens a connection for that alone). Server → client: JSON ``ready``, ``codes``, ``done``, ``error``; reconstructed
 audio travels as binary frames: an 8-byte little-endian uint64 (index of the first sample of the utterance's
-reconstruction) followed by float32 little-endian samples at the model rate. The table is in the README.
+reconstruction) followed by float32 little-endian samples at the model rate. The table is in docs/streaming.md.
 
 Every violation is a :class:`ProtocolError` with a stable ``code``; the server answers it with
 ``{"type": "error", "code", "message"}`` and closes that connection (1008; 1013 when the server is full),
@@ -31,7 +31,7 @@ CLOSE_TRY_AGAIN = 1013  # the server is full (max_connections, max_buffered_byte
 
 
 class ProtocolError(Exception):
-    """A client message the server refuses: ``code`` is stable (README table), ``message`` one line."""
+    """A client message the server refuses: ``code`` is stable (docs/streaming.md, "Protocol"), ``message`` one line."""
 
     def __init__(self, code: str, message: str, close: int = CLOSE_POLICY):
         super().__init__(message)

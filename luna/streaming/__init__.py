@@ -2,7 +2,7 @@
 
 ``tok.stream_encoder(sample_rate)`` → :class:`StreamingEncoder`; ``tok.stream_decoder(vocoder=...)`` →
 :class:`StreamingDecoder`; :class:`StreamingVocoder` wraps a HiFi-GAN; :class:`StreamingResampler` converts
-rates incrementally. See README "Streaming".
+rates incrementally. See docs/streaming.md.
 """
 from luna.streaming.decoder import StreamingDecoder
 from luna.streaming.encoder import BlockEncoder, StreamingEncoder, tokenize_blockwise

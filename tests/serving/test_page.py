@@ -1,7 +1,7 @@
 """The page at ``/`` of ``python -m luna.serve``, over plain HTTP and in a real headless Chromium (CDP).
 
 The browser tests skip only where no ``chromium`` is installed (``.ci/run`` installs Debian's); everything
-else fails. ``LUNA_SCREENSHOT=docs/img/serve_page.png`` also saves the README's screenshot.
+else fails. ``LUNA_SCREENSHOT=docs/img/serve_page.png`` also saves the screenshot in docs/streaming.md.
 """
 from __future__ import annotations
 

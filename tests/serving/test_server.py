@@ -104,9 +104,9 @@ def test_entry_point_user_errors(checkpoint, tmp_path):
     assert r.returncode == 2 and re.fullmatch(r"error: port: cannot listen on 127\.0\.0\.1:\d+: .*\n", r.stderr), r.stderr
 
 
-def test_readme_client_example_runs(server_url):
-    text = (ROOT / "README.md").read_text()
-    block = re.search(r"## Serving \(WebSocket\).*?```python\n(.*?)```", text, re.S).group(1)
+def test_docs_client_example_runs(server_url):
+    text = (ROOT / "docs/streaming.md").read_text()  # tests/test_docs.py leaves this block to this test
+    block = re.search(r"## Server \(WebSocket\).*?```python\n(.*?)```", text, re.S).group(1)
     assert len(block.strip().splitlines()) <= 10
     block = block.replace("ws://127.0.0.1:8765", server_url).replace('"luna/data/', f'"{ROOT}/luna/data/')
     r = subprocess.run([sys.executable, "-c", block], cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=120)

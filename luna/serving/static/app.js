@@ -1,4 +1,4 @@
-// The page of `python -m luna.serve` (README "Serving (WebSocket)"): stream mode over this server's WebSocket.
+// The page of `python -m luna.serve` (docs/streaming.md "Server (WebSocket)"): stream mode over this server's WebSocket.
 // A WAV file is read as is (PCM16 or float32, at its own rate; other files are decoded by the browser at 48 kHz)
 // and sent in 40 ms chunks at real time; the microphone is captured by an AudioWorklet (capture.js) at 48 kHz.
 // Both send f32le PCM; the server answers one
