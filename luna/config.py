@@ -91,6 +91,7 @@ class ModelConfig:
     num_quantizers: int = 8
     ema_decay: float = 0.99
     kmeans_iters: int = 10
+    kmeans_batches: int = 1  # k-means init on this many training batches (the ones before pass unquantized)
     dead_code_threshold: float = 0.1  # a code is dead below this fraction of uniform usage (EMA)
     revival_grace_steps: int = 200  # a revived code is not judged dead again before this many steps
     revival: str = "random"  # what a dead code is revived from: random | worst (vectors of the batch)

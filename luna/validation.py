@@ -79,6 +79,7 @@ MODEL_RULES = {
     "res_blocks": (">=", 0),
     "ema_decay": ("range", 0, 1, True, True),
     "kmeans_iters": (">=", 0),
+    "kmeans_batches": (">=", 1),
     "dead_code_threshold": ("range", 0, 1, False, True),
     "revival_grace_steps": (">=", 0),
     "revival": ("in", ("worst", "random")),

@@ -3,7 +3,10 @@
 Rules (DESIGN.md §3), each covered by a test:
 - The codebook is never stored: it is ``embed_sum / cluster_size``, so replacing a code (both statistics
   at once) can never be undone by the same step's EMA update (audiocraft overwrites its revival).
-- k-means init on the first training batch, on data gathered from every rank, broadcast from rank 0.
+- k-means init on the first ``kmeans_batches`` training batches (data gathered from every rank, broadcast from
+  rank 0), every stage in turn on the residuals of the stages before; the batches before the last pass the
+  latent through unquantized (an autoencoder warm-up: no codes, no commitment, no EMA), so the codebooks start
+  from more vectors than one batch has (one CPU batch of 16 s gives 688 vectors for 1,024 codes).
 - Dead codes (EMA usage below ``dead_code_threshold`` × uniform usage, a batch-size-free fraction) are
   revived from random vectors of the batch (or the worst-quantized ones, ``revival="worst"``) and get a
   grace period that doubles each time the same code dies again, so revival settles instead of cycling.
@@ -48,6 +51,7 @@ class ResidualVectorQuantizer(nn.Module):
         num_quantizers: int,
         decay: float = 0.99,
         kmeans_iters: int = 10,
+        kmeans_batches: int = 1,
         dead_code_threshold: float = 0.1,
         revival_grace_steps: int = 200,
         quantizer_dropout: float = 0.0,
@@ -58,6 +62,9 @@ class ResidualVectorQuantizer(nn.Module):
         self.num_quantizers, self.codebook_size, self.dim = num_quantizers, codebook_size, dim
         self.quantizer_dropout = quantizer_dropout
         self.seed = seed
+        self.kmeans_batches = int(kmeans_batches)
+        self._pending: List[torch.Tensor] = []  # latents [B*T, D] of the warm-up batches (not state: a resume
+        # before the init starts collecting again)
         self.layers = nn.ModuleList(
             EMACodebook(dim, codebook_size, decay, kmeans_iters, dead_code_threshold, revival_grace_steps, revival)
             for _ in range(num_quantizers)
@@ -85,10 +92,16 @@ class ResidualVectorQuantizer(nn.Module):
         x = z.permute(0, 2, 1).reshape(b * t, d)  # [B*T, D]: one copy here instead of one per stage
         residual = x
         total = torch.zeros_like(x)
+        if self.training and not self.layers[n - 1].is_initialized:
+            self._pending.append(x.detach())
+            if len(self._pending) < self.kmeans_batches:  # warm-up: the latent passes unquantized
+                zero = z.new_zeros(())
+                return QuantizerOutput(z, torch.zeros(b, n, t, dtype=torch.long, device=z.device), zero,
+                                       z.new_zeros(n), active_n)
+            self.init_codebooks(torch.cat(self._pending), n)
+            self._pending = []
         stage_terms, codes, inputs, finite = [], [], [], []
         for i, layer in enumerate(self.layers[:n]):
-            if self.training and not layer.is_initialized:
-                layer.init_kmeans(residual.detach(), self._generator())
             codebook, sq_norms = layer.tables()
             idx = _nearest(residual.detach(), codebook, sq_norms)  # [B*T]
             q = F.embedding(idx, codebook)  # [B*T, D], no gradient (EMA codebook)
@@ -119,6 +132,15 @@ class ResidualVectorQuantizer(nn.Module):
             stage_commitment=stage_commitment,
             num_quantizers=active_n,
         )
+
+    @torch.no_grad()
+    def init_codebooks(self, x: torch.Tensor, n: int) -> None:
+        """k-means of stages 1..n in turn, each on ``x [M, D]`` minus the codes of the stages before."""
+        for layer in self.layers[:n]:
+            if not layer.is_initialized:
+                layer.init_kmeans(x, self._generator())
+            codebook, sq_norms = layer.tables()
+            x = x - F.embedding(_nearest(x, codebook, sq_norms), codebook)
 
     @torch.no_grad()
     def encode(self, z: torch.Tensor, num_quantizers: Optional[int] = None) -> torch.Tensor:

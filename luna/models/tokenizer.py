@@ -81,6 +81,7 @@ class SpeechTokenizer(nn.Module):
             m.num_quantizers,
             decay=m.ema_decay,
             kmeans_iters=m.kmeans_iters,
+            kmeans_batches=m.kmeans_batches,
             dead_code_threshold=m.dead_code_threshold,
             revival_grace_steps=m.revival_grace_steps,
             quantizer_dropout=m.quantizer_dropout,

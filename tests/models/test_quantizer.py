@@ -6,7 +6,7 @@ import math
 import pytest
 import torch
 
-from luna.models.codebook import EMACodebook, usage_stats
+from luna.models.codebook import EMACodebook, kmeans, usage_stats
 from luna.models.quantizer import ResidualVectorQuantizer
 
 
@@ -33,6 +33,39 @@ def test_kmeans_init_puts_codes_on_the_data():
     # every blob has a code on it, every code sits on a blob
     assert torch.cdist(centers, cb).min(dim=1).values.max() < 0.1
     assert torch.cdist(cb, centers).min(dim=1).values.max() < 0.1
+
+
+def test_kmeans_over_several_batches_sees_every_batch_and_passes_the_warm_up_through():
+    """kmeans_batches=3: batches 1-2 pass unquantized (no codes, no commitment, no statistics); batch 3 initializes
+    every stage from all three, so blobs that only batch 1 holds still get codes."""
+    g = torch.Generator().manual_seed(2)
+    centers = torch.randn(12, 4, generator=g) * 5
+    batches = [blobs(centers[4 * i : 4 * i + 4], 32, 0.01, seed=i) for i in range(3)]  # 4 blobs each
+    rvq = ResidualVectorQuantizer(4, 12, 2, kmeans_iters=20, kmeans_batches=3).train()
+    for x in batches[:2]:
+        z = as_btd(x)
+        out = rvq(z)
+        assert torch.equal(out.quantized, z) and not out.codes.any() and float(out.commitment) == 0
+        assert not any(layer.is_initialized for layer in rvq.layers)
+        assert not rvq.layers[0].usage_ema.any()
+    out = rvq(as_btd(batches[2]))
+    assert all(layer.is_initialized for layer in rvq.layers) and not rvq._pending
+    cb = rvq.layers[0].codebook
+    assert torch.cdist(centers, cb).min(dim=1).values.max() < 0.1  # batch 1's blobs too
+    assert float(out.commitment) < 1e-3  # quantized now: each vector sits on its blob's code
+
+
+def test_one_kmeans_batch_initializes_every_stage_on_the_residuals_of_the_ones_before():
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(256, 4, generator=g)
+    rvq = ResidualVectorQuantizer(4, 16, 3, kmeans_iters=5).train()
+    rvq.init_codebooks(x, 3)  # what the first training forward runs before quantizing
+    residual = x
+    for layer in rvq.layers:  # stage i's codebook is k-means of stage i's input, with the same seeded generator
+        proj = torch.randn(4, generator=torch.Generator().manual_seed(0))
+        expected = kmeans(residual[torch.argsort(residual @ proj)], 16, 5, rvq._generator())
+        assert torch.allclose(layer.codebook, expected, atol=1e-5)
+        residual = residual - layer.codebook[torch.cdist(residual, layer.codebook).argmin(1)]
 
 
 def test_a_dead_code_is_replaced_and_survives_the_same_steps_ema_update():
