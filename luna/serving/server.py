@@ -95,7 +95,8 @@ class Server:
             try:
                 await (stop.wait() if stop is not None else asyncio.Future())
             finally:
-                log.info("compute: %d jobs, batches by size %s", self.scheduler.started, dict(sorted(self.scheduler.batches.items())))
+                batches = {str(k): v for k, v in sorted(self.scheduler.batches.items())}
+                log.info("compute: %d jobs, batches by size %s", self.scheduler.started, json.dumps(batches))
         self.scheduler.shutdown()
 
 
