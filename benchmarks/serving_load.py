@@ -13,8 +13,10 @@ process stream real speech from the bundled corpus at the model rate, ``chunk_ms
 - ``flood``: the clients send as fast as the server takes it (back-pressure): throughput in audio seconds per
   wall second, all streams together; ``ratio`` = batched / unbatched throughput.
 
-Also reported: the batch sizes the server ran (its log at shutdown) and the 1-minute load average (the machine
-may be shared: read the figures next to it).
+Also reported: the batch sizes the server ran (its log at shutdown), the 1-minute load average (the machine
+may be shared: read the figures next to it), and ``stage``: the decoder + vocoder work alone, in this process,
+B streams pushed one by one vs ``push_many`` (one batched forward; luna/streaming/batch.py), per-stream RTF of
+each, interleaved so both see the same load: the batching payoff without the server's and clients' overhead.
 
     python -m benchmarks.serving_load [--streams 4] [--seconds 4] [--chunk-ms 80] [--preset rvq8_causal]
                                       [--max-batch 8] [--threads 2] [--device cpu] [--smoke] [--json OUT]
@@ -97,8 +99,8 @@ def load(url: str, wavs: List[torch.Tensor], rate: int, chunk_ms: float, realtim
 
 
 def run(streams: int = 4, seconds: float = 4.0, chunk_ms: float = 80.0, preset: str = "rvq8_causal",
-        max_batch: int = 8, wait_ms: float = 5.0, threads: int = 2, device: str = "cpu",
-        smoke: bool = False) -> List[Dict[str, Any]]:
+        max_batch: int = 8, wait_ms: float = 10.0, threads: int = 2, device: str = "cpu",
+        smoke: bool = False, stage_sizes: Sequence[int] = ()) -> List[Dict[str, Any]]:
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         ckpt = Path(tmp) / "model.pt"
@@ -126,6 +128,34 @@ def run(streams: int = 4, seconds: float = 4.0, chunk_ms: float = 80.0, preset: 
     flood = {r["max_batch"]: r["audio_x"] for r in rows if r["mode"] == "flood"}
     for r in rows:
         r["ratio"] = flood[max_batch] / flood[1]
+    if stage_sizes:
+        rows[0]["stage"] = stage(tok.to(device), stage_sizes, chunk_ms)
+    return rows
+
+
+@torch.no_grad()
+def stage(tok: Any, sizes: Sequence[int], chunk_ms: float, pushes: int = 12) -> List[Dict[str, Any]]:
+    """Per-stream RTF of B decoders (causal decoder + vocoder) pushed one by one vs together, after 3 warm-up pushes."""
+    from luna.streaming.batch import push_many
+
+    t = max(1, round(chunk_ms / 1000 * tok.frame_rate))
+    rows = []
+    for b in sizes:
+        codes = [torch.randint(0, tok.codebook_size, (1, tok.num_quantizers, (pushes + 3) * t)) for _ in range(b)]
+        best = {}
+        for together in (False, True, False, True):
+            decs = [tok.stream_decoder() for _ in range(b)]
+            for k in range(pushes + 3):
+                if k == 3:
+                    t0 = time.perf_counter()
+                cs = [c[..., k * t:(k + 1) * t] for c in codes]
+                push_many(decs, cs) if together else [d.push(c) for d, c in zip(decs, cs)]
+            rtf = (time.perf_counter() - t0) * tok.frame_rate / (b * pushes * t)
+            best[together] = min(best.get(together, rtf), rtf)
+        rows.append({"streams": b, "alone_rtf": best[False], "batched_rtf": best[True],
+                     "ratio": best[False] / best[True], "load_avg": os.getloadavg()[0]})
+        print(f"stage: {b} streams, per-stream RTF alone {best[False]:.3f}, batched {best[True]:.3f}, "
+              f"ratio {rows[-1]['ratio']:.2f} (load avg {rows[-1]['load_avg']:.1f})", flush=True)
     return rows
 
 
@@ -146,14 +176,17 @@ def main(argv: Sequence[str] = None) -> List[Dict[str, Any]]:
     p.add_argument("--chunk-ms", type=float, default=80.0)
     p.add_argument("--preset", default="rvq8_causal")
     p.add_argument("--max-batch", type=int, default=8, help="the batched server's max_batch (the other: 1)")
-    p.add_argument("--batch-wait-ms", type=float, default=5.0)
+    p.add_argument("--batch-wait-ms", type=float, default=10.0)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--device", default="cpu")
     p.add_argument("--smoke", action="store_true", help="a narrow model (numbers mean little; codes checked)")
+    p.add_argument("--stage", type=int, action="append", help="also time the decoder+vocoder stage of this many "
+                   "streams in-process, one by one vs batched (repeatable)")
     p.add_argument("--json", default=None)
     a = p.parse_args(argv)
     torch.set_num_threads(a.threads)
-    rows = run(a.streams, a.seconds, a.chunk_ms, a.preset, a.max_batch, a.batch_wait_ms, a.threads, a.device, a.smoke)
+    rows = run(a.streams, a.seconds, a.chunk_ms, a.preset, a.max_batch, a.batch_wait_ms, a.threads, a.device, a.smoke,
+               a.stage or ())
     print(table(rows))
     sizes = [f"max_batch={r['max_batch']}: {r['batches']}" for r in rows if r["mode"] == "flood"]
     print("batches run (size: count): " + ", ".join(sizes))
