@@ -253,7 +253,6 @@ class Connection:
         return concat([await self.compute(p.numel() / rate, push_one, session, p, together=together(self.hello, p),
                                           many=push_streams) for p in pieces])  # batched with other connections'
 
-
     async def start(self, hello: protocol.Hello) -> Any:
         """A new session: no model work, so not behind other connections' jobs."""
         return await asyncio.to_thread(new_session, self.server.tok, hello, float(self.cfg.max_turn_seconds))

@@ -1,7 +1,6 @@
 """Batched streams: B streams with different histories stepped as one batch equal B separate steps."""
 from __future__ import annotations
 
-import pytest
 import torch
 
 from luna.models.vocoder import HiFiGANGenerator, HiFiGANVocoder, hifigan_generator_config
