@@ -146,3 +146,26 @@ def test_the_batch_wait_is_bounded():
         seconds = asyncio.run(main())
         scheduler.shutdown()
         assert ran.is_set() and (wait - 0.02 <= seconds < wait + 0.25), (wait, seconds)
+
+
+def test_batches_keep_the_fair_order():
+    """A's jobs cost 1 s and never batch; B's and C's cost 0.1 s and batch together: each batch charges both, so
+    B and C still run about ten jobs for each of A's (least-served first, as without batching)."""
+    scheduler = Scheduler(workers=1, max_batch=4, batch_wait=0.05)
+    started = []
+
+    async def owner(name, cost, key):
+        for _ in range(30):
+            await scheduler.run(name, cost, started.append, name, together=key,
+                                many=lambda args: [started.append(a[0]) for a in args])
+
+    async def main():
+        await asyncio.gather(owner("A", 1.0, None), owner("B", 0.1, "k"), owner("C", 0.1, "k"))
+
+    asyncio.run(main())
+    scheduler.shutdown()
+    a = [i for i, name in enumerate(started) if name == "A"][:3]  # all three have work waiting until then
+    for lo, hi in zip(a, a[1:]):  # 1 s of A's per 10 x 0.1 s of B's and of C's (charging only a batch's first
+        between = started[lo + 1:hi]  # job would let B and C run twice as many)
+        assert 9 <= between.count("B") <= 12 and 9 <= between.count("C") <= 12, "".join(started)
+    assert scheduler.batches.get(2, 0) >= 15  # B and C ran together
