@@ -286,6 +286,8 @@ class ServeConfig:
     idle_timeout: Optional[float] = 60.0  # seconds without a frame while nothing is pending (null: off)
     max_buffered_bytes: int = 256 << 20  # decoded audio held by all connections together (error busy)
     job_seconds: float = 1.0  # stream chunks are computed in jobs of at most this much audio (fair turns)
+    max_batch: int = 8  # stream jobs (audio out) of this many connections at most run as one batched forward (1: off)
+    batch_wait_ms: float = 10.0  # how long a free worker waits for a batch to fill (0: take what is waiting)
     allowed_origins: List[str] = field(default_factory=list)  # browser origins; no Origin header is always allowed
     token: Optional[str] = None  # required from clients when set (header Authorization: Bearer, or the hello)
 

@@ -123,6 +123,8 @@ RULES = {
     # serve
     "port": ("range", 0, 65535, False, False),
     "workers": (">=", 1),
+    "max_batch": (">=", 1),
+    "batch_wait_ms": (">=", 0),
     "queue_chunks": (">=", 1),
     "max_chunk_bytes": (">=", 1),
     "threads": (">=", 1),

@@ -8,7 +8,8 @@ connection's bounded queue; when the queue is full the reader awaits, so the ser
 (websockets' own buffer, ``max_queue`` frames, fills next, then TCP pushes back on the client). It also enforces
 ``hello_timeout`` and ``idle_timeout``. The processor takes one item at a time; model work goes through the
 shared :class:`~luna.serving.scheduler.Scheduler` (least-served connection first, chunks cut into jobs of
-``job_seconds``), so the event loop stays free and each connection has at most one job in flight. When the
+``job_seconds``; stream chunks of several connections run as one batch: luna/serving/batching.py), so the
+event loop stays free and each connection has at most one job in flight. When the
 client goes, its queued work is dropped. A violation is answered with a JSON ``error`` after the replies to
 everything received before it, then that connection alone is closed. A ``speak`` request (codes in, audio out)
 runs through the same scheduler, one job of ``job_seconds`` of audio at a time when the vocoder streams.
@@ -28,6 +29,7 @@ from websockets.exceptions import ConnectionClosed
 from luna.errors import ConfigError, LunaError, one_line
 from luna.serving import page, protocol
 from luna.serving.admission import AudioBudget, Gate, check_limits
+from luna.serving.batching import push_one, push_streams, together
 from luna.serving.protocol import ProtocolError
 from luna.serving.scheduler import Scheduler
 from luna.serving.session import Speech, concat, new_session
@@ -42,7 +44,7 @@ class Server:
         check_limits(cfg)
         self.tok = tok.eval()
         self.cfg = cfg
-        self.scheduler = Scheduler(int(cfg.workers))
+        self.scheduler = Scheduler(int(cfg.workers), int(cfg.max_batch), float(cfg.batch_wait_ms) / 1000)
         self.gate = Gate(cfg)
         self.budget = AudioBudget(int(cfg.max_buffered_bytes))
         self.connections = 0
@@ -90,7 +92,11 @@ class Server:
             self.port = server.sockets[0].getsockname()[1]
             self.gate.allow_own(cfg.host, self.port)
             on_ready(cfg.host, self.port)
-            await (stop.wait() if stop is not None else asyncio.Future())
+            try:
+                await (stop.wait() if stop is not None else asyncio.Future())
+            finally:
+                batches = {str(k): v for k, v in sorted(self.scheduler.batches.items())}
+                log.info("compute: %d jobs, batches by size %s", self.scheduler.started, json.dumps(batches))
         self.scheduler.shutdown()
 
 
@@ -234,8 +240,8 @@ class Connection:
             self.work.cancel()  # the client is gone: drop its queued work (a job already running ends unused)
 
     # ---- processor: one job at a time through the scheduler, replies in order -------------------------------
-    async def compute(self, seconds: float, fn: Callable, *args: Any) -> Any:
-        return await self.server.scheduler.run(self, seconds, fn, *args)
+    async def compute(self, seconds: float, fn: Callable, *args: Any, **batch: Any) -> Any:
+        return await self.server.scheduler.run(self, seconds, fn, *args, **batch)
 
     async def push(self, session: Any, pcm: Any) -> Any:
         """One chunk: a turn only buffers it; a stream pushes it in jobs of at most ``job_seconds``."""
@@ -244,7 +250,8 @@ class Connection:
         rate = self.hello.sample_rate
         step = max(1, math.ceil(float(self.cfg.job_seconds) * rate))
         pieces = [pcm[i:i + step] for i in range(0, max(1, pcm.numel()), step)]
-        return concat([await self.compute(p.numel() / rate, session.push, p) for p in pieces])
+        return concat([await self.compute(p.numel() / rate, push_one, session, p, together=together(self.hello, p),
+                                          many=push_streams) for p in pieces])  # batched with other connections'
 
     async def start(self, hello: protocol.Hello) -> Any:
         """A new session: no model work, so not behind other connections' jobs."""

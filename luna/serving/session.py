@@ -54,17 +54,28 @@ class StreamSession:
         return float(value) if value is not None and math.isfinite(value) else None
 
     def _out(self, codes: torch.Tensor, final: bool) -> Output:
-        codes = codes[0, : self.hello.num_quantizers or codes.shape[1]]  # [1, N, t] -> [n, t]
-        out = Output(self.frames, codes.cpu(), self.samples)
-        self.frames += codes.shape[-1]
+        codes = self.take(codes)
+        out = self.codes_out(codes)
         if self.decoder is not None:
             parts = [self.decoder.push(codes[None])] if codes.shape[-1] else []
             if final:
                 parts.append(self.decoder.flush())
-            audio = torch.cat([p.reshape(-1).float().cpu() for p in parts]) if parts else torch.zeros(0)
-            out.audio = audio
-            self.samples += audio.numel()
+            self.audio_out(out, parts)
         return out
+
+    def take(self, codes: torch.Tensor) -> torch.Tensor:
+        """The encoder's codes ``[1, N, t]`` → the ``[n, t]`` this client asked for."""
+        return codes[0, : self.hello.num_quantizers or codes.shape[1]]
+
+    def codes_out(self, codes: torch.Tensor) -> Output:
+        out = Output(self.frames, codes.cpu(), self.samples)
+        self.frames += codes.shape[-1]
+        return out
+
+    def audio_out(self, out: Output, parts: List[torch.Tensor]) -> None:
+        """The decoder's audio pieces ``[1, s_i]`` → ``out.audio`` ``[s]``."""
+        out.audio = torch.cat([p.reshape(-1).float().cpu() for p in parts]) if parts else torch.zeros(0)
+        self.samples += out.audio.numel()
 
     @torch.no_grad()
     def push(self, pcm: torch.Tensor) -> Output:

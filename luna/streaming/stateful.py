@@ -13,14 +13,23 @@ the whole clip to float rounding (tests/streaming/).
   ``padding`` cropped at the two real ends);
 - :class:`Pointwise` (per-frame functions), :class:`Chain`, :class:`Residual` (skip frames queued until
   the branch catches up), :class:`Mean` (parallel branches, summed in order as they align), :class:`Drop`.
+
+Batching streams (luna/streaming/batch.py): ``state()`` is a layer's per-stream state as a flat list (tensors
+``[1, C, k]`` or None, and int counters), ``load(items)`` sets it from an iterator of such items; ``key()`` is
+what two streams must share to step together as rows of one batch (tensor lengths, counters that still change
+the result: a transposed conv's count only while its left crop lasts, a Drop's frames left).
 """
 from __future__ import annotations
 
-from typing import Callable, List, Optional, Sequence
+from typing import Callable, Iterator, List, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+
+def _length(t: Optional[torch.Tensor]) -> Optional[int]:
+    return None if t is None else t.shape[-1]
 
 
 def conv(module: nn.Module, pad: Optional[int] = None):
@@ -45,6 +54,15 @@ class Conv:
 
     def reset(self) -> None:
         self.buffer: Optional[torch.Tensor] = None  # [B, C_in, ≤ keep]: the input frames still needed
+
+    def state(self) -> list:
+        return [self.buffer]
+
+    def load(self, items: Iterator) -> None:
+        self.buffer = next(items)
+
+    def key(self) -> tuple:
+        return (_length(self.buffer),)
 
     def produced(self, n: int) -> int:
         return max(0, n + self.pad - self.keep)
@@ -73,12 +91,21 @@ class ConvTranspose:
         self.pad = module.padding[0] if pad is None else int(pad)
         self.u, self.k = module.stride[0], module.kernel_size[0]
         self.m = -(-self.k // self.u)  # input frames one output reads at most (the kernel in blocks of u)
-        self.key: tuple = ()
+        self.cached: tuple = ()
         self.reset()
 
     def reset(self) -> None:
         self.tail: Optional[torch.Tensor] = None  # [B, C_out, (m - 1)·u]: sums pending for the next outputs, no bias
         self.received = 0  # input frames so far
+
+    def state(self) -> list:
+        return [self.tail, self.received]
+
+    def load(self, items: Iterator) -> None:
+        self.tail, self.received = next(items), next(items)
+
+    def key(self) -> tuple:  # once received·u ≥ pad the count only matters at the end (last=True)
+        return (_length(self.tail), min(self.received, -(-self.pad // self.u)))
 
     def produced(self, n: int) -> int:
         return max(0, n * self.u - self.pad)
@@ -86,8 +113,8 @@ class ConvTranspose:
     def _weight(self) -> torch.Tensor:
         """The weight as ``[C_in, C_out · m · u]`` (kernel zero-padded to m·u), cached while it is unchanged."""
         w = self.conv.weight
-        if self.key != (w.data_ptr(), w._version, w.device, w.dtype):
-            self.key = (w.data_ptr(), w._version, w.device, w.dtype)
+        if self.cached != (w.data_ptr(), w._version, w.device, w.dtype):
+            self.cached = (w.data_ptr(), w._version, w.device, w.dtype)
             self.w = F.pad(w.detach(), (0, self.m * self.u - self.k)).reshape(w.shape[0], -1)
         return self.w
 
@@ -125,6 +152,15 @@ class Pointwise:
     def reset(self) -> None:
         pass
 
+    def state(self) -> list:
+        return []
+
+    def load(self, items: Iterator) -> None:
+        pass
+
+    def key(self) -> tuple:
+        return ()
+
     def produced(self, n: int) -> int:
         return n
 
@@ -141,6 +177,15 @@ class Drop:
 
     def reset(self) -> None:
         self.left = self.n
+
+    def state(self) -> list:
+        return [self.left]
+
+    def load(self, items: Iterator) -> None:
+        self.left = next(items)
+
+    def key(self) -> tuple:
+        return (self.left,)
 
     def produced(self, n: int) -> int:
         return max(0, n - self.n)
@@ -160,6 +205,16 @@ class Chain:
     def reset(self) -> None:
         for layer in self.layers:
             layer.reset()
+
+    def state(self) -> list:
+        return [item for layer in self.layers for item in layer.state()]
+
+    def load(self, items: Iterator) -> None:
+        for layer in self.layers:
+            layer.load(items)
+
+    def key(self) -> tuple:
+        return tuple(layer.key() for layer in self.layers)
 
     def produced(self, n: int) -> int:
         for layer in self.layers:
@@ -184,6 +239,17 @@ class Residual:
         self.skip.reset()
         self.queue: Optional[torch.Tensor] = None
 
+    def state(self) -> list:
+        return [*self.branch.state(), *self.skip.state(), self.queue]
+
+    def load(self, items: Iterator) -> None:
+        self.branch.load(items)
+        self.skip.load(items)
+        self.queue = next(items)
+
+    def key(self) -> tuple:
+        return (self.branch.key(), self.skip.key(), _length(self.queue))
+
     def produced(self, n: int) -> int:
         return min(self.branch.produced(n), self.skip.produced(n))
 
@@ -207,6 +273,17 @@ class Mean:
         for b in self.branches:
             b.reset()
         self.queues: List[Optional[torch.Tensor]] = [None] * len(self.branches)
+
+    def state(self) -> list:
+        return [item for b in self.branches for item in b.state()] + self.queues
+
+    def load(self, items: Iterator) -> None:
+        for b in self.branches:
+            b.load(items)
+        self.queues = [next(items) for _ in self.branches]
+
+    def key(self) -> tuple:
+        return (tuple(b.key() for b in self.branches), tuple(_length(q) for q in self.queues))
 
     def produced(self, n: int) -> int:
         return min(b.produced(n) for b in self.branches)
