@@ -166,7 +166,7 @@ def test_quantizer_dropout_gives_valid_codes_for_every_count():
     before.load_state_dict(rvq.state_dict())  # the codebooks this step quantizes with (before its EMA update)
     out = rvq(z)
     used = set(out.num_quantizers.tolist())
-    assert used <= set(range(1, n + 1)) and len(used) >= 3
+    assert used == set(range(1, n + 1))  # every count, 1 included
     assert out.codes.shape == (64, n, 12) and out.codes.min() >= 0 and out.codes.max() < 16
     rvq.eval()
     for b in range(8):  # each sample's output is the sum of exactly its first n_b stages
@@ -259,3 +259,115 @@ def test_reported_usage_counts_real_assignments_not_revival_priors():
     # are revived together, and stay in grace afterwards: stats() reports the last step's count
     assert sum(replaced) == 6 and replaced.count(6) == 1 and s["replacements"] == replaced[-1] == 0
     assert rvq.layers[0].revivals.tolist().count(1) == 6
+
+
+# --- contracts the mutation run (benchmarks/mutation.sh vq) showed untested ---------------------------------
+
+
+def test_usage_stats_threshold_fractional_totals_and_empty_rows():
+    # shares .6 .3 .099 .001 (a total of 1.0: EMA counts are fractional); dead_fraction 0.5 → share > 0.125 is used
+    stats = usage_stats(torch.tensor([[0.6, 0.3, 0.099, 0.001], [0.0, 0.0, 0.0, 0.0]]), dead_fraction=0.5)
+    assert stats[0]["usage"] == 0.5 and stats[0]["dead_codes"] == 2
+    assert stats[1] == {"usage": 0.0, "perplexity": 1.0, "entropy_normalized": 0.0, "dead_codes": 4}
+
+
+def test_dead_mask_boundaries():
+    layer = EMACodebook(2, 8, dead_code_threshold=1.0)  # dead: share < 1.0 / 8 = 0.125, and no grace left
+    layer.cluster_size.copy_(torch.tensor([4.0, 2, 1, 1, 0, 0, 0, 0]))  # shares .5 .25 .125 .125 0 0 0 0
+    layer.grace.copy_(torch.tensor([0, 0, 0, 0, 0, 1, 2, 0]))
+    assert layer.dead_mask().tolist() == [False, False, False, False, True, False, False, True]
+
+
+def test_documented_defaults_and_revival_reach_every_stage():
+    rvq = ResidualVectorQuantizer(4, 8, 2)
+    assert (rvq.quantizer_dropout, rvq.seed, rvq.kmeans_batches) == (0.0, 0, 1)
+    for layer in rvq.layers:
+        assert (layer.decay, layer.kmeans_iters, layer.dead_code_threshold, layer.revival_grace_steps, layer.revival) \
+            == (0.99, 10, 0.1, 200, "random")
+    assert [layer.revival for layer in ResidualVectorQuantizer(4, 8, 2, revival="worst").layers] == ["worst"] * 2
+
+
+def _initialized(n: int = 3, k: int = 64, d: int = 16, **kw) -> ResidualVectorQuantizer:
+    torch.manual_seed(0)
+    rvq = ResidualVectorQuantizer(d, k, n, kmeans_iters=3, **kw).train()
+    rvq(torch.randn(8, d, 32))  # k-means init + one EMA step
+    return rvq
+
+
+def test_quantizer_math_is_fp32_under_an_outer_autocast():
+    rvq = _initialized(k=256, d=64).eval()
+    z = torch.randn(8, 64, 32)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = rvq(z)
+    assert out.quantized.dtype == torch.float32
+    assert torch.equal(out.codes, rvq.encode(z))  # encode runs outside any autocast: plain fp32
+
+
+def test_training_forward_honours_num_quantizers_and_rejects_a_bad_count():
+    rvq = _initialized(n=4)
+    assert rvq(torch.randn(2, 16, 8), num_quantizers=2).codes.shape == (2, 2, 8)
+    for bad in (0, 5):
+        with pytest.raises(ValueError, match=r"num_quantizers must be in 1\.\.4, got " + str(bad)):
+            rvq(torch.randn(2, 16, 8), num_quantizers=bad)
+
+
+def test_decode_rejects_bad_shapes_and_out_of_range_codes_naming_them():
+    rvq = _initialized(n=4, k=64)
+    with pytest.raises(ValueError, match=r"codes must be \[B, 1\.\.4, T\], got \(2, 3\)"):
+        rvq.decode(torch.zeros(2, 3, dtype=torch.long))  # 2-D: its dim 1 would pass the count check
+    with pytest.raises(ValueError, match=r"got \(2, 5, 3\)"):
+        rvq.decode(torch.zeros(2, 5, 3, dtype=torch.long))
+    with pytest.raises(ValueError, match=r"codes must be in \[0, 64\), got range \[0, 64\]"):
+        rvq.decode(torch.tensor([[[0, 64]]]))
+    with pytest.raises(ValueError, match=r"got range \[-1, 3\]"):
+        rvq.decode(torch.tensor([[[-1, 3]]]))
+
+
+def test_eval_forward_uses_every_stage_whatever_the_dropout():
+    rvq = _initialized(n=4, quantizer_dropout=1.0).eval()
+    z = torch.randn(16, 16, 8)
+    out = rvq(z)
+    assert out.num_quantizers.tolist() == [4] * 16
+    assert torch.allclose(out.quantized, rvq.decode(out.codes), atol=1e-6)
+
+
+def test_training_output_and_commitment_are_the_chosen_codes_and_their_distances():
+    """quantized = Σ of each stage's chosen code (straight-through); stage i's commitment = the mean squared
+    distance of stage i's input to its code, over the samples that use stage i."""
+    for dropout in (0.0, 1.0):
+        rvq = _initialized(n=4, k=32, quantizer_dropout=dropout)
+        before = ResidualVectorQuantizer(16, 32, 4)
+        before.load_state_dict(rvq.state_dict())  # the codebooks this step quantizes with
+        torch.manual_seed(4)  # with dropout 1.0: stage 4 is used by exactly one of the 6 samples (asserted below)
+        z = torch.randn(6, 16, 8)
+        out = rvq(z)
+        residual = z.permute(0, 2, 1)  # [B, T, D]
+        for i in range(4):
+            q = before.layers[i].decode(out.codes[:, i])  # [B, T, D]
+            users = out.num_quantizers > i
+            per_sample = (residual - q).pow(2).mean(dim=(1, 2))
+            assert torch.allclose(out.stage_commitment[i], per_sample[users].mean(), rtol=1e-5)
+            residual = residual - q
+        if dropout:
+            assert int((out.num_quantizers > 3).sum()) == 1
+        for b in range(6):
+            k = int(out.num_quantizers[b])
+            assert torch.allclose(out.quantized[b : b + 1], before.decode(out.codes[b : b + 1, :k]), atol=1e-5)
+        assert torch.allclose(out.commitment, out.stage_commitment.sum())
+
+
+def test_kmeans_init_is_reproducible_whatever_the_global_seed():
+    x = torch.randn(128, 4, generator=torch.Generator().manual_seed(5))
+    books = []
+    for seed in (1, 2):
+        torch.manual_seed(seed)
+        rvq = ResidualVectorQuantizer(4, 16, 2, kmeans_iters=3)
+        rvq.init_codebooks(x, 2)
+        books.append(torch.stack([layer.codebook for layer in rvq.layers]))
+    assert torch.equal(books[0], books[1])
+
+
+def test_stats_count_a_code_as_used_above_one_percent_of_the_uniform_share():
+    rvq = ResidualVectorQuantizer(4, 4, 1)
+    rvq.layers[0].usage_ema.copy_(torch.tensor([0.5, 0.4965, 0.003, 0.0005]))  # 1 % of uniform: 0.0025
+    assert rvq.stats()[0]["usage"] == 0.75
