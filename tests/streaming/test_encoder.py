@@ -9,6 +9,7 @@ import torch
 
 from luna import SpeechTokenizer
 from luna.errors import ConfigError
+from luna.streaming import StreamingEncoder
 from tests.conftest import compose_train
 from tests.streaming.conftest import speechlike
 
@@ -144,3 +145,12 @@ def test_as_samples_accepts_mono_tensors_and_arrays_and_names_what_it_refuses():
     for bad in (torch.zeros(2, 6), torch.zeros(6, 1), torch.zeros(1, 1, 6)):  # stereo, a column, 3-D
         with pytest.raises(ValueError, match=rf"got shape \({', '.join(map(str, bad.shape))}\)"):
             as_samples(bad, cpu)
+
+
+def test_a_stream_of_fewer_quantizers_equals_tokenize_of_as_many(causal_12hz):
+    tok, rate = causal_12hz, causal_12hz.sample_rate
+    audio = speechlike(1.3, rate, seed=3)
+    enc = StreamingEncoder(tok, rate, num_quantizers=2)  # what the server builds for a hello's "quantizers"
+    streamed = torch.cat([enc.push(audio[i : i + 1500]) for i in range(0, audio.numel(), 1500)] + [enc.flush()], -1)
+    assert streamed.shape[1] == 2
+    assert torch.equal(streamed, tok.tokenize(audio, rate, num_quantizers=2))
