@@ -371,3 +371,55 @@ def test_stats_count_a_code_as_used_above_one_percent_of_the_uniform_share():
     rvq = ResidualVectorQuantizer(4, 4, 1)
     rvq.layers[0].usage_ema.copy_(torch.tensor([0.5, 0.4965, 0.003, 0.0005]))  # 1 % of uniform: 0.0025
     assert rvq.stats()[0]["usage"] == 0.75
+
+
+def test_kmeans_with_no_more_vectors_than_codes_keeps_them_and_draws_the_rest_reproducibly():
+    x = torch.randn(4, 3, generator=torch.Generator().manual_seed(0))
+    for seed in range(4):  # m == k: the vectors themselves, in order (k-means++ would pick them in a random order)
+        assert torch.equal(kmeans(x, 4, 5, torch.Generator().manual_seed(seed)), x)
+    runs = []
+    for global_seed in (1, 2):
+        torch.manual_seed(global_seed)  # only the given generator draws
+        runs.append(kmeans(x, 64, 5, torch.Generator().manual_seed(3)))
+    out = runs[0]
+    assert torch.equal(runs[0], runs[1]) and out.shape == (64, 3) and torch.equal(out[:4], x)
+    drawn = torch.cdist(out[4:], x).argmin(1)
+    assert torch.cdist(out[4:], x).min(1).values.max() == 0  # every extra code is one of the vectors
+    assert set(drawn.tolist()) == {0, 1, 2, 3}  # each of them, the first one included
+
+
+def test_kmeans_plus_plus_can_start_anywhere_and_reach_the_last_vector():
+    x = torch.tensor([[0.0], [1.0], [100.0]])
+    firsts = {float(kmeans(x, 1, 0, torch.Generator().manual_seed(s))) for s in range(32)}
+    assert firsts == {0.0, 1.0, 100.0}
+    for s in range(16):  # D² sampling: the far vector is (almost surely) a centroid, also when it is not first
+        assert 100.0 in kmeans(x, 2, 0, torch.Generator().manual_seed(s)).flatten().tolist()
+    torch.manual_seed(1)
+    a = kmeans(torch.randn(50, 2, generator=torch.Generator().manual_seed(4)), 8, 3, torch.Generator().manual_seed(9))
+    torch.manual_seed(2)
+    b = kmeans(torch.randn(50, 2, generator=torch.Generator().manual_seed(4)), 8, 3, torch.Generator().manual_seed(9))
+    assert torch.equal(a, b)  # the generator alone decides
+
+
+def test_converged_kmeans_puts_every_used_centroid_at_the_mean_of_its_vectors():
+    # data seed 30: a cluster ends with one vector after its centroid had moved off it (found by search)
+    x = torch.randn(40, 2, generator=torch.Generator().manual_seed(30))
+    c = kmeans(x, 16, 50, torch.Generator().manual_seed(0))
+    assign = torch.cdist(x, c).argmin(1)
+    singletons = 0
+    for j in assign.unique():
+        members = x[assign == j]
+        singletons += len(members) == 1
+        assert torch.allclose(c[j], members.mean(0), atol=1e-5)
+    assert singletons >= 1  # the example exercises one-vector clusters
+
+
+def test_codebook_tables_are_cached_until_either_statistic_changes():
+    layer = EMACodebook(2, 4)
+    first = layer.tables()
+    assert layer.tables() is first  # reused while nothing changed
+    layer.embed_sum.mul_(2)  # in place, like an EMA step
+    assert torch.allclose(layer.tables()[0], 2 * first[0])
+    layer.cluster_size.mul_(4)
+    second = layer.tables()
+    assert torch.allclose(second[0], first[0] / 2) and torch.allclose(second[1], second[0].pow(2).sum(1))
