@@ -48,7 +48,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence
 ROOT = Path(__file__).resolve().parent.parent
 WHEELS = ROOT / ".gpu-wheels"
 UNIVERSAL_FP16 = WHEELS / "universal_v1" / "g_02500000"
-SECTIONS = ("correctness", "throughput", "quality", "vocoder", "rtf")
+SECTIONS = ("correctness", "throughput", "quality", "vocoder", "rtf", "streams")
 #: the seed's claim, 100 h of LibriSpeech in 8-12 A100-hours, is ~1,000x realtime (audio-s trained per s)
 SEED_CLAIM_X_REALTIME = 1000.0
 LIMIT_BYTES = 64 * 2**20  # the device machine's limit on the working tree + carried folders
@@ -64,7 +64,7 @@ REMOTE_COMMAND = (
     "LUNA_HIFIGAN_UNIVERSAL=$PWD/.gpu-wheels/universal_v1/g_02500000 && python3 -m benchmarks.gpu_check --device cuda"
 )
 
-# What each mode runs. `full` is the real check (≤ 8 min in all: the caps add up to 480 s); `tiny` shrinks
+# What each mode runs. `full` is the real check (≤ 9 min in all: the caps add up to 520 s); `tiny` shrinks
 # every size so the CPU dry run takes about a minute on one thread (its figures mean nothing).
 PLANS: Dict[str, Dict[str, Any]] = {
     "full": dict(
@@ -78,7 +78,8 @@ PLANS: Dict[str, Dict[str, Any]] = {
                      eval=["eval.rtf_repeats=3", "eval.save_wavs=2"]),
         vocoder=dict(batch=16, warmup=3, steps=15, extra=[]),
         rtf=dict(seconds=10.0, batches=(1, 64), repeats=5),
-        caps=dict(correctness=55, throughput=160, quality=205, vocoder=35, rtf=25),
+        streams=dict(preset="rvq8_causal", sizes=(1, 16, 64, 256), chunk_ms=80.0, pushes=12),
+        caps=dict(correctness=55, throughput=160, quality=205, vocoder=35, rtf=25, streams=40),
     ),
     "tiny": dict(
         model=["model=tiny", "vocoder=griffinlim", "data.segment_seconds=0.5", "data.max_val_items=8"],
@@ -90,7 +91,8 @@ PLANS: Dict[str, Dict[str, Any]] = {
                                                    "eval.save_wavs=1"]),
         vocoder=dict(batch=2, warmup=1, steps=2, extra=["vocoder.architecture=v3", "vocoder.discriminator_width=0.125"]),
         rtf=dict(seconds=1.0, batches=(1, 4), repeats=2),
-        caps=dict(correctness=150, throughput=120, quality=120, vocoder=150, rtf=90),
+        streams=dict(preset="rvq8_causal", sizes=(1, 2), chunk_ms=80.0, pushes=2),
+        caps=dict(correctness=150, throughput=120, quality=120, vocoder=150, rtf=90, streams=120),
     ),
 }
 
@@ -689,9 +691,38 @@ def section_rtf(sec: Section) -> None:
         sec.attempt(f"batch {batch}", one)
 
 
+def section_streams(sec: Section) -> None:
+    """How many full-duplex streams the serving path carries in real time: the decoder + streamed universal
+    HiFi-GAN of B streams as one batched forward per stage (luna/streaming/batch.py, as the server batches them),
+    each stream pushing ``chunk_ms`` of codes; B streams are real time while one batched push takes less than a
+    chunk (per-stream RTF × B < 1). The encoder (per stream, for bit-exact codes) is not in this figure."""
+    import torch
+
+    from benchmarks.run import compose as compose_preset
+    from benchmarks.serving_load import stage
+    from benchmarks.tokenize import trained_like
+    from luna.models.tokenizer import SpeechTokenizer
+
+    p = sec.plan["streams"]
+    torch.manual_seed(0)
+    tok = SpeechTokenizer.from_config(compose_preset(p["preset"], sec.device, []))
+    trained_like(tok, 1.0, 16, steps=1)
+    tok = tok.to(sec.device).eval()
+    for b in p["sizes"]:
+        def one(b=b):
+            row = stage(tok, [b], p["chunk_ms"], pushes=p["pushes"])[0]
+            push_ms = row["batched_rtf"] * b * p["chunk_ms"]
+            sec.add(f"{b} streams, one batched push", round(push_ms, 2), "ms", ok=push_ms < p["chunk_ms"] if b == 1 and sec.device == "cuda" else None,
+                    note=(f"{p['preset']} decoder + universal HiFi-GAN, {p['chunk_ms']:g} ms of codes per stream per "
+                          f"push, {sec.device}; per-stream RTF batched {row['batched_rtf']:.4f}, one by one "
+                          f"{row['alone_rtf']:.4f} (x{row['ratio']:.2f}); real time while under {p['chunk_ms']:g} ms"))
+
+        sec.attempt(f"{b} streams", one)
+
+
 RUNNERS: Dict[str, Callable[[Section], None]] = {
     "correctness": section_correctness, "throughput": section_throughput, "quality": section_quality,
-    "vocoder": section_vocoder, "rtf": section_rtf,
+    "vocoder": section_vocoder, "rtf": section_rtf, "streams": section_streams,
 }
 
 

@@ -41,7 +41,6 @@ import torch
 
 from benchmarks.run import compose, speech
 from benchmarks.tokenize import trained_like
-from luna.client import stream_async
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -81,6 +80,8 @@ def stop(proc: subprocess.Popen, run_dir: Path) -> Dict[int, int]:
 
 def load(url: str, wavs: List[torch.Tensor], rate: int, chunk_ms: float, realtime: bool) -> Dict[str, Any]:
     """All streams at once; latencies, drops, throughput."""
+    from luna.client import stream_async  # here: the GPU check imports stage() where websockets is not installed
+
     async def main():
         return await asyncio.gather(*(stream_async(url, w, rate, chunk_ms=chunk_ms, audio_out=True, realtime=realtime)
                                       for w in wavs))

@@ -92,6 +92,10 @@ def test_cpu_dry_run_measures_every_section(tmp_path):
         for what in ("tokenize", "detokenize"):
             assert _number(r[f"{what}, batch {batch}"]["value"]) and r[f"{what}, batch {batch}"]["value"] > 0
 
+    s = _readings(report, "streams")
+    for b in gpu_check.PLANS["tiny"]["streams"]["sizes"]:
+        assert _number(s[f"{b} streams, one batched push"]["value"]) and s[f"{b} streams, one batched push"]["value"] > 0
+
 
 def test_a_hung_or_crashed_section_is_recorded_and_the_report_still_written(tmp_path):
     py = sys.executable
