@@ -47,6 +47,16 @@ def tiny_tokenizer(causal: bool) -> SpeechTokenizer:
     return tok.eval()
 
 
+def voiced_tokenizer() -> SpeechTokenizer:
+    """The tiny causal model with a random HiFi-GAN v3 at its hop 160: a vocoder that streams."""
+    from luna.models.vocoder import HiFiGANGenerator, HiFiGANVocoder, hifigan_generator_config
+
+    tok = tiny_tokenizer(causal=True)
+    torch.manual_seed(0)
+    tok.set_vocoder(HiFiGANVocoder(HiFiGANGenerator(hifigan_generator_config("v3", hop_length=160), 40), tok.config.mel))
+    return tok
+
+
 @pytest.fixture(scope="session")
 def checkpoint(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("serve") / "tiny_causal.pt"

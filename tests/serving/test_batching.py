@@ -13,20 +13,14 @@ from websockets.asyncio.client import connect
 
 from luna.client import stream_async
 from luna.serving.scheduler import Scheduler
-from tests.serving.conftest import ThreadServer, speech, tiny_tokenizer
+from tests.serving.conftest import ThreadServer, speech, tiny_tokenizer, voiced_tokenizer
 
 ATOL = 1e-5  # audio in [-1, 1]: a batched stream differs from the stream alone by float rounding only
 
 
 @pytest.fixture(scope="module")
 def voiced():
-    """The tiny causal model with a random HiFi-GAN v3 at its hop 160: its audio streams."""
-    from luna.models.vocoder import HiFiGANGenerator, HiFiGANVocoder, hifigan_generator_config
-
-    tok = tiny_tokenizer(causal=True)
-    torch.manual_seed(0)
-    tok.set_vocoder(HiFiGANVocoder(HiFiGANGenerator(hifigan_generator_config("v3", hop_length=160), 40), tok.config.mel))
-    return tok
+    return voiced_tokenizer()
 
 
 @torch.no_grad()

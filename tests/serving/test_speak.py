@@ -12,7 +12,7 @@ from websockets.asyncio.client import connect
 
 from luna.client import speak, speak_async, speak_on, tokenize_turn
 from luna.serving.protocol import encode_pcm
-from tests.serving.conftest import ThreadServer, speech, tiny_tokenizer
+from tests.serving.conftest import ThreadServer, speech, tiny_tokenizer, voiced_tokenizer
 from tests.serving.test_malformed import error_and_close
 
 TURN = {"type": "hello", "mode": "turn", "sample_rate": 16000}
@@ -57,13 +57,7 @@ def test_a_dialogue_on_one_connection(server_url, tok):
 
 @pytest.fixture(scope="module")
 def hifigan_tok():
-    """The tiny causal model with a random HiFi-GAN v3 (hop 160): a vocoder that streams."""
-    from luna.models.vocoder import HiFiGANGenerator, HiFiGANVocoder, hifigan_generator_config
-
-    tok = tiny_tokenizer(causal=True)
-    torch.manual_seed(0)
-    tok.set_vocoder(HiFiGANVocoder(HiFiGANGenerator(hifigan_generator_config("v3", hop_length=160), 40), tok.config.mel))
-    return tok
+    return voiced_tokenizer()
 
 
 def test_speak_with_a_streaming_vocoder_streams_jobs_and_equals_detokenize(hifigan_tok):
