@@ -13,7 +13,7 @@ from websockets.asyncio.client import connect
 
 from luna.client import stream_async
 from luna.serving.scheduler import Scheduler
-from tests.serving.conftest import ThreadServer, speech, tiny_tokenizer, voiced_tokenizer
+from tests.serving.conftest import ThreadServer, speech, voiced_tokenizer
 
 ATOL = 1e-5  # audio in [-1, 1]: a batched stream differs from the stream alone by float rounding only
 

@@ -12,7 +12,7 @@ from websockets.asyncio.client import connect
 
 from luna.client import speak, speak_async, speak_on, tokenize_turn
 from luna.serving.protocol import encode_pcm
-from tests.serving.conftest import ThreadServer, speech, tiny_tokenizer, voiced_tokenizer
+from tests.serving.conftest import ThreadServer, speech, voiced_tokenizer
 from tests.serving.test_malformed import error_and_close
 
 TURN = {"type": "hello", "mode": "turn", "sample_rate": 16000}
