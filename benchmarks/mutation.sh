@@ -32,6 +32,7 @@ PYEOF
 export OMP_NUM_THREADS=1 PYTHONPATH="$pkgs"
 "$PY" -m mutmut run --max-children "${JOBS:-2}" >mutmut.log 2>&1 || { tail -30 mutmut.log; exit 1; }
 "$PY" -m mutmut results --all true >results.txt 2>&1 || true
-killed=$(grep -c ': killed' results.txt || true); total=$(grep -c ': ' results.txt || true)
-echo "$1: $killed of $total mutants killed; survivors and details: $work/results.txt ('mutmut show NAME' there)"
-grep -v ': killed' results.txt || true
+# a mutant that makes the tests hang (stopped at its CPU-time limit: 'timeout') is caught too
+killed=$(grep -cE ': (killed|timeout)' results.txt || true); total=$(grep -c ': ' results.txt || true)
+echo "$1: $killed of $total mutants killed (timeouts included); survivors: $work/results.txt ('mutmut show NAME' there)"
+grep -vE ': (killed|timeout)' results.txt || true
