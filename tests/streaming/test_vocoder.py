@@ -129,6 +129,23 @@ def test_universal_hifigan_streams_on_a_short_clip():
     assert (audio - whole).abs().max() <= ATOL
 
 
+def test_universal_hifigan_streams_real_speech_within_the_bound():
+    """1 s of a dev-clean reader's mel, in 1-frame and random pushes: the same audio as the whole clip."""
+    from luna import audio
+    from luna.data import BUNDLED
+    from luna.features import MelSpectrogram
+
+    vocoder = build_vocoder({"kind": "hifigan_universal", "mel": MelConfig()})
+    wav, sr = audio.load(sorted((BUNDLED / "dev-clean").rglob("*.flac"))[1])
+    x = audio.resample(wav[None, sr // 2 : 3 * sr // 2], sr, 22050)  # [1, S] mono
+    mel = MelSpectrogram(MelConfig())(x)  # [1, 80, 83]
+    whole = vocoder(mel)
+    assert whole.abs().max() > 0.3  # speech at a real level, not a near-silent clip
+    for sizes in ([1] * 24 + [mel.shape[-1] - 24], random_sizes(mel.shape[-1], torch.Generator().manual_seed(1))):
+        streamed = vocode_in_chunks(StreamingVocoder(vocoder), mel, sizes)
+        assert streamed.shape == whole.shape and (streamed - whole).abs().max() <= ATOL
+
+
 def test_a_causal_models_audio_is_aligned_with_its_input():
     """Causal frames (left padding only) sit (n_fft - hop) / 2 = 384 samples early for a vocoder trained on centred
     frames; ``vocode`` advances the audio by as much. Measured on a dev-clean clip through the universal
