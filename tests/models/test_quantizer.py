@@ -423,3 +423,36 @@ def test_codebook_tables_are_cached_until_either_statistic_changes():
     layer.cluster_size.mul_(4)
     second = layer.tables()
     assert torch.allclose(second[0], first[0] / 2) and torch.allclose(second[1], second[0].pow(2).sum(1))
+
+
+def test_codebook_defaults_and_buffer_types_that_checkpoints_hold():
+    layer = EMACodebook(4, 8)
+    assert (layer.decay, layer.kmeans_iters, layer.dead_code_threshold, layer.revival_grace_steps, layer.revival) \
+        == (0.99, 10, 0.1, 200, "random")
+    dtypes = {k: v.dtype for k, v in layer.state_dict().items()}
+    assert dtypes == {"embed_sum": torch.float32, "cluster_size": torch.float32, "grace": torch.int64,
+                      "revivals": torch.int64, "initialized": torch.bool, "replaced": torch.int64,
+                      "usage_ema": torch.float32}
+
+
+def test_the_warm_up_output_has_the_shapes_of_a_quantized_one():
+    rvq = ResidualVectorQuantizer(4, 8, 3, kmeans_batches=2).train()
+    out = rvq(torch.randn(2, 4, 5))
+    assert out.codes.shape == (2, 3, 5) and out.codes.dtype == torch.long
+    assert torch.equal(out.stage_commitment, torch.zeros(3)) and out.num_quantizers.tolist() == [3, 3]
+
+
+def test_eval_never_initializes_and_a_partial_forward_initializes_only_its_stages():
+    rvq = ResidualVectorQuantizer(4, 8, 4, kmeans_iters=2, kmeans_batches=2)
+    rvq.eval()(torch.randn(2, 4, 16))
+    assert not any(layer.is_initialized for layer in rvq.layers) and not rvq._pending
+    rvq.train()
+    for _ in range(2):  # the warm-up batch, then the init: stages 1-2 only
+        out = rvq(torch.randn(2, 4, 16), num_quantizers=2)
+    assert [layer.is_initialized for layer in rvq.layers] == [True, True, False, False]
+    for n in (2, 1):  # initialized stages quantize: no second warm-up
+        out = rvq(torch.randn(2, 4, 16), num_quantizers=n)
+        assert float(out.commitment) > 0 and not rvq._pending
+    for _ in range(2):  # all four: a warm-up batch, then stages 3-4 start from the residuals of 1-2
+        out = rvq(torch.randn(2, 4, 16))
+    assert all(layer.is_initialized for layer in rvq.layers) and float(out.stage_commitment[3]) > 0
