@@ -156,3 +156,19 @@ def test_a_stream_of_fewer_quantizers_equals_tokenize_of_as_many(causal_12hz):
     streamed = torch.cat([enc.push(audio[i : i + 1500]) for i in range(0, audio.numel(), 1500)] + [enc.flush()], -1)
     assert streamed.shape[1] == 2
     assert torch.equal(streamed, tok.tokenize(audio, rate, num_quantizers=2))
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_a_cuda_stream_takes_host_chunks_and_gives_codes_on_the_gpu(tiny_causal):
+    tok = tiny_causal.cuda()
+    try:
+        audio = speechlike(0.5, 16000, seed=5)
+        enc = tok.stream_encoder(16000)
+        empty = enc.push(audio[:10])  # not a whole token yet: an empty reply, on the model's device too
+        assert empty.shape[-1] == 0 and empty.device.type == "cuda"
+        parts = [empty] + [enc.push(audio[i : i + 700].numpy()) for i in range(10, audio.numel(), 700)] + [enc.flush()]
+        assert all(p.device.type == "cuda" for p in parts)
+        assert torch.equal(torch.cat(parts, -1), tok.tokenize(audio.cuda(), 16000))
+    finally:
+        tok.cpu()
