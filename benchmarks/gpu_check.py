@@ -1039,7 +1039,7 @@ def prepare() -> int:
           f"(64 MiB) limit" + (" -- TOO LARGE" if total > LIMIT_BYTES else ""))
     for p in problems:
         print(f"warning: {p}")
-    print("\nOn the GPU machine (device tool `run`, carry [\".gpu-wheels\"], timeout_s 570; ~8 min):\n")
+    print("\nOn the GPU machine (device tool `run`, carry [\".gpu-wheels\"], timeout_s 590; the caps add up to 520 s):\n")
     print(REMOTE_COMMAND)
     return 1 if total > LIMIT_BYTES or any("not in uv.lock" in p for p in problems) else 0
 
