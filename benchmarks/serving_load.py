@@ -63,8 +63,11 @@ def serve(ckpt: Path, run_dir: Path, threads: int, max_batch: int, wait_ms: floa
     args = [f"checkpoint={ckpt}", "port=0", f"threads={threads}", f"max_batch={max_batch}", f"batch_wait_ms={wait_ms}",
             f"device={device}", "idle_timeout=null", f"hydra.run.dir={run_dir}"]
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "PYTHONPATH": str(ROOT)}
+    # SIGINT as at a terminal: a shell that starts a job in the background without job control (CI's, often) has
+    # it ignored, and the server would inherit that and never stop
     proc = subprocess.Popen([sys.executable, "-m", "luna.serve", *args], cwd=ROOT, env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
+                            stderr=subprocess.STDOUT, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     for line in proc.stdout:
         if line.startswith("serving ws://"):
             # keep reading its output: a full pipe would block the server's logging, and with it its exit
@@ -78,7 +81,7 @@ def stop(proc: subprocess.Popen, run_dir: Path) -> Dict[int, int]:
     proc.send_signal(signal.SIGINT)
     try:
         proc.wait(timeout=60)
-    except subprocess.TimeoutExpired:  # seen once in CI (a loaded 2-core machine): say so, then end it
+    except subprocess.TimeoutExpired:  # should not happen (SIGINT is restored at start): say so, then end it
         print(f"warning: the server did not exit within 60 s of SIGINT (pid {proc.pid}); killed", file=sys.stderr)
         proc.kill()
         proc.wait()
