@@ -96,6 +96,7 @@ class ModelConfig:
     revival_grace_steps: int = 200  # a revived code is not judged dead again before this many steps
     revival: str = "random"  # what a dead code is revived from: random | worst (vectors of the batch)
     quantizer_dropout: float = 0.5  # fraction of samples trained with a random 1..N quantizers
+    gradient: str = "ste"  # how the encoder's gradient passes the quantizer: ste (identity) | rotation (rotation trick)
     causal: bool = False  # left-padded convs, per-frame norms, left-padded mel framing: streamable (luna/streaming)
 
 

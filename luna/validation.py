@@ -83,6 +83,7 @@ MODEL_RULES = {
     "dead_code_threshold": ("range", 0, 1, False, True),
     "revival_grace_steps": (">=", 0),
     "revival": ("in", ("worst", "random")),
+    "gradient": ("in", ("ste", "rotation")),
     "quantizer_dropout": ("range", 0, 1, False, False),
 }
 

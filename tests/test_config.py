@@ -87,6 +87,7 @@ def test_default_is_rvq8_on_real_speech():
         ("model.mel.f_max=20000", "model.mel.f_max"),
         ("model.ema_decay=1.5", "model.ema_decay"),
         ("model.quantizer_dropout=2", "model.quantizer_dropout"),
+        ("model.gradient=straight", "model.gradient"),
         ("model.hidden=30", "model.hidden"),
         ("data.segment_seconds=0.01", "data.segment_seconds"),
         ("data.val_fraction=1.5", "data.val_fraction"),

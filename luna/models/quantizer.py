@@ -14,6 +14,9 @@ Rules (DESIGN.md §3), each covered by a test:
   (encodec #25); the straight-through estimator is applied once, on the sum.
 - EMA statistics are all-reduced across ranks every step; all quantizer math runs in fp32.
 - Quantizer dropout: a fraction of the samples use a random 1..N quantizers, so one model serves every N.
+- ``gradient="rotation"``: the encoder's gradient passes the quantizer by the rotation trick (Fifty et al. 2024,
+  arXiv 2410.06424) instead of the identity: the latent is rotated and rescaled onto the quantized sum by a
+  fixed (detached) map, so the gradient keeps the angle between latent and code. Same forward values.
 
 A training step reads nothing back to the host (no device sync on a GPU) and has no data-dependent shape
 (tests/training/test_no_host_reads.py): the initialized flag is cached in Python, revival is masked tensor
@@ -41,6 +44,19 @@ class QuantizerOutput:
     num_quantizers: torch.Tensor  # [B] stages used per sample (quantizer dropout)
 
 
+def rotate_to(x: torch.Tensor, q: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
+    """The rotation trick, row-wise on ``x, q [M, D]``: ``s·R x`` with ``R`` the rotation taking x's direction
+    to q's and ``s = |q| / |x|``, both detached. The value is exactly ``q`` (rounding is put back by a detached
+    correction, and rows where the rotation is undefined, x = 0 or x = -q, still give q); d out / d x = s·R."""
+    q = q.detach()
+    nx, nq = x.detach().norm(dim=1, keepdim=True), q.norm(dim=1, keepdim=True)
+    u, v = x.detach() / nx.clamp(min=eps), q / nq.clamp(min=eps)
+    w = F.normalize(u + v, dim=1, eps=eps)
+    rotated = x - 2 * (x * w).sum(1, keepdim=True) * w + 2 * (x * u).sum(1, keepdim=True) * v
+    rotated = rotated * (nq / nx.clamp(min=eps))
+    return rotated + (q - rotated).detach()
+
+
 class ResidualVectorQuantizer(nn.Module):
     """N EMA codebook stages applied to successive residuals; input and output ``[B, D, T]``."""
 
@@ -57,8 +73,12 @@ class ResidualVectorQuantizer(nn.Module):
         quantizer_dropout: float = 0.0,
         seed: int = 0,
         revival: str = "random",
+        gradient: str = "ste",
     ):
         super().__init__()
+        if gradient not in ("ste", "rotation"):
+            raise ValueError(f"gradient must be 'ste' or 'rotation', got {gradient!r}")
+        self.gradient = gradient
         self.num_quantizers, self.codebook_size, self.dim = num_quantizers, codebook_size, dim
         self.quantizer_dropout = quantizer_dropout
         self.seed = seed
@@ -123,7 +143,8 @@ class ResidualVectorQuantizer(nn.Module):
             codes.append(idx.view(b, t))
         if self.training:  # stage i's update never changes the codebook stage i+1 searched: deferring is exact
             update_stages(self.layers[:n], torch.stack(inputs), torch.stack(codes).view(n, -1), torch.stack(finite))
-        quantized = x + (total - x).detach()  # straight-through once, on the sum
+        # straight-through once, on the sum (or the rotation trick: the same values, a different gradient)
+        quantized = rotate_to(x, total) if self.gradient == "rotation" else x + (total - x).detach()
         stage_commitment = torch.stack(stage_terms)
         return QuantizerOutput(
             quantized=quantized.view(b, t, d).permute(0, 2, 1),

@@ -86,6 +86,7 @@ class SpeechTokenizer(nn.Module):
             revival_grace_steps=m.revival_grace_steps,
             quantizer_dropout=m.quantizer_dropout,
             revival=m.revival,
+            gradient=m.gradient,
         )
         self.decoder = (CausalDecoder if m.causal else Decoder)(m.mel.n_mels, m.hidden, dim, m.encoder_stride, m.res_blocks)
         # log-mel lies in [log(floor), ~0]: a fixed affine maps it to about [-1, 1] for the convs

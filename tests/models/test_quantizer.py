@@ -456,3 +456,50 @@ def test_eval_never_initializes_and_a_partial_forward_initializes_only_its_stage
     for _ in range(2):  # all four: a warm-up batch, then stages 3-4 start from the residuals of 1-2
         out = rvq(torch.randn(2, 4, 16))
     assert all(layer.is_initialized for layer in rvq.layers) and float(out.stage_commitment[3]) > 0
+
+
+def test_rotation_trick_gives_the_code_and_a_scaled_rotation_of_the_gradient():
+    """rotate_to: the value is q exactly; the gradient is s·Rᵀg with R the rotation taking x's direction to q's
+    (R u = v, RᵀR = I) and s = |q|/|x|; undefined rows (x = 0, x = -q) still give q."""
+    from luna.models.quantizer import rotate_to
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(40, 6, generator=g).requires_grad_()
+    q = torch.randn(40, 6, generator=g) * 3
+    y = rotate_to(x, q)
+    assert torch.equal(y.detach(), q)
+    up = torch.randn(40, 6, generator=g)
+    (y * up).sum().backward()
+    nx, nq = x.detach().norm(dim=1, keepdim=True), q.norm(dim=1, keepdim=True)
+    u, v = x.detach() / nx, q / nq
+    w = torch.nn.functional.normalize(u + v, dim=1)
+    rot = torch.eye(6) - 2 * w[:, :, None] * w[:, None, :] + 2 * v[:, :, None] * u[:, None, :]
+    assert torch.allclose(rot @ u[:, :, None], v[:, :, None], atol=1e-5)
+    assert torch.allclose(rot.transpose(1, 2) @ rot, torch.eye(6).expand(40, 6, 6), atol=1e-5)
+    expected = (nq / nx) * (rot.transpose(1, 2) @ up[:, :, None]).squeeze(-1)
+    assert torch.allclose(x.grad, expected, atol=1e-5)
+    # the gradient is not the straight-through one (identity) unless x already points at q
+    assert not torch.allclose(x.grad, up, atol=1e-2)
+    odd = torch.stack([torch.zeros(6), -q[1]]).requires_grad_()
+    out = rotate_to(odd, torch.stack([q[0], q[1]]))
+    assert torch.equal(out.detach(), torch.stack([q[0], q[1]]))
+
+
+def test_rotation_gradient_changes_only_the_gradient_of_the_quantizer():
+    """gradient="rotation": the same codes, output and commitment as "ste"; a different encoder gradient; a bad
+    name is refused."""
+    x = torch.randn(4, 8, 16, generator=torch.Generator().manual_seed(3))
+    outs = {}
+    for mode in ("ste", "rotation"):
+        rvq = ResidualVectorQuantizer(8, 16, 3, gradient=mode).train()
+        z = x.clone().requires_grad_()
+        out = rvq(z)
+        out.quantized.pow(2).sum().backward()
+        outs[mode] = (out, z.grad)
+    (a, ga), (b, gb) = outs["ste"], outs["rotation"]
+    assert torch.equal(a.codes, b.codes) and torch.equal(a.commitment, b.commitment)
+    assert torch.allclose(a.quantized, b.quantized, atol=1e-6)
+    assert torch.allclose(ga, 2 * a.quantized.detach())  # STE: d/dz of |q|² is 2q
+    assert not torch.allclose(ga, gb, atol=1e-3)
+    with pytest.raises(ValueError, match="gradient must be 'ste' or 'rotation', got 'rot'"):
+        ResidualVectorQuantizer(8, 16, 3, gradient="rot")
