@@ -85,6 +85,7 @@ class ModelConfig:
     mel: MelConfig = field(default_factory=MelConfig)
     hidden: int = 512  # channels of the conv encoder/decoder
     res_blocks: int = 2  # residual blocks before and after the resampling layer
+    lstm_layers: int = 0  # a residual LSTM of this many layers at the token rate in encoder and decoder (non-causal)
     encoder_stride: int = 2  # mel frames per token
     codebook_dim: int = 0  # latent size quantized by the RVQ (0: same as hidden)
     codebook_size: int = 1024

@@ -77,6 +77,7 @@ MODEL_RULES = {
     "codebook_dim": (">=", 0),
     "encoder_stride": (">=", 1),
     "res_blocks": (">=", 0),
+    "lstm_layers": (">=", 0),
     "ema_decay": ("range", 0, 1, True, True),
     "kmeans_iters": (">=", 0),
     "kmeans_batches": (">=", 1),
@@ -143,6 +144,8 @@ def validate_model(model: Any, prefix: str = "model") -> None:
     _check(model, prefix, MODEL_RULES)
     if model.hidden < 8 or model.hidden % 8:
         _fail(f"{prefix}.hidden", f"must be a positive multiple of 8 (GroupNorm groups), got {model.hidden}")
+    if model.causal and model.lstm_layers:
+        _fail(f"{prefix}.lstm_layers", f"must be 0 for a causal model (the streaming path has no LSTM state), got {model.lstm_layers}")
 
 
 def validate(cfg: DictConfig) -> None:

@@ -74,21 +74,13 @@ class SpeechTokenizer(nn.Module):
         m = model_cfg
         dim = m.codebook_dim or m.hidden
         self.mel = MelSpectrogram(m.mel, causal=m.causal)
-        self.encoder = (CausalEncoder if m.causal else Encoder)(m.mel.n_mels, m.hidden, dim, m.encoder_stride, m.res_blocks)
-        self.quantizer = ResidualVectorQuantizer(
-            dim,
-            m.codebook_size,
-            m.num_quantizers,
-            decay=m.ema_decay,
-            kmeans_iters=m.kmeans_iters,
-            kmeans_batches=m.kmeans_batches,
-            dead_code_threshold=m.dead_code_threshold,
-            revival_grace_steps=m.revival_grace_steps,
-            quantizer_dropout=m.quantizer_dropout,
-            revival=m.revival,
-            gradient=m.gradient,
-        )
-        self.decoder = (CausalDecoder if m.causal else Decoder)(m.mel.n_mels, m.hidden, dim, m.encoder_stride, m.res_blocks)
+        shape = (m.mel.n_mels, m.hidden, dim, m.encoder_stride, m.res_blocks)
+        self.encoder = CausalEncoder(*shape) if m.causal else Encoder(*shape, m.lstm_layers)
+        vq = ("kmeans_iters", "kmeans_batches", "dead_code_threshold", "revival_grace_steps", "quantizer_dropout",
+              "revival", "gradient")
+        self.quantizer = ResidualVectorQuantizer(dim, m.codebook_size, m.num_quantizers, decay=m.ema_decay,
+                                                 **{k: m[k] for k in vq})
+        self.decoder = CausalDecoder(*shape) if m.causal else Decoder(*shape, m.lstm_layers)
         # log-mel lies in [log(floor), ~0]: a fixed affine maps it to about [-1, 1] for the convs
         self._offset = math.log(m.mel.log_floor) / 2
         self._scale = -math.log(m.mel.log_floor) / 2

@@ -241,3 +241,33 @@ def test_a_checkpoint_from_before_the_loss_node_moved_still_loads(tiny, tmp_path
     torch.save(state, path)
     with pytest.raises(CheckpointError, match="not_a_key"):
         SpeechTokenizer.from_checkpoint(path)
+
+
+def test_lstm_layers_add_a_residual_lstm_at_the_token_rate_that_saves_loads_and_sees_the_past(tmp_path):
+    """model.lstm_layers=2: an LSTM in encoder and decoder, at the token rate. Shapes are unchanged; a checkpoint
+    round-trips; a change late in the clip moves no earlier code's latent (unidirectional), a change early moves later
+    ones (context); a causal model refuses it, naming the key."""
+    from luna.config import ConfigError
+
+    cfg = compose_train(["model=tiny", "vocoder=griffinlim", "model.lstm_layers=2"])
+    tok = SpeechTokenizer.from_config(cfg).eval()
+    assert tok.encoder.context.lstm.num_layers == 2 and tok.decoder.context.lstm.hidden_size == cfg.model.hidden
+    mel = torch.randn(1, cfg.model.mel.n_mels, 64) - 5
+    assert tok.forward_mel(mel).mel_hat.shape == mel.shape
+    h = torch.randn(1, cfg.model.hidden, 20)
+    late, early = h.clone(), h.clone()
+    late[..., 15:] += 1
+    early[..., :2] += 1
+    ctx = tok.encoder.context
+    assert torch.equal(ctx(late)[..., :15], ctx(h)[..., :15])
+    assert not torch.allclose(ctx(early)[..., 10:], ctx(h)[..., 10:])
+    path = tmp_path / "lstm.pt"
+    tok.save_checkpoint(path)
+    again = SpeechTokenizer.from_checkpoint(path)
+    audio = torch.randn(1, 8000) * 0.1
+    assert torch.equal(again.tokenize(audio, tok.sample_rate), tok.tokenize(audio, tok.sample_rate))
+    with pytest.raises(ConfigError, match="model.lstm_layers: must be 0 for a causal model"):
+        SpeechTokenizer.from_config(compose_train(["model=tiny", "vocoder=griffinlim", "model.lstm_layers=1",
+                                                   "model.causal=true"]))
+    plain = SpeechTokenizer.from_config(compose_train(["model=tiny", "vocoder=griffinlim"]))
+    assert not any("context" in k for k in plain.state_dict())  # older checkpoints keep their keys
