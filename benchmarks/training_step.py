@@ -57,6 +57,7 @@ def measure(
     the real DataLoader with that many workers, and ``wait_s`` holds the time each step waited for its
     batch (the rest of ``step_s`` is compute). Returns per-step ``step_s`` and ``wait_s`` lists.
     """
+    from luna.devices import resolve_precision
     from luna.losses import MelLoss
     from luna.models.tokenizer import SpeechTokenizer
 
@@ -69,7 +70,7 @@ def measure(
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=o.lr * cfg.hardware.lr_scale, betas=tuple(o.betas),
                             weight_decay=o.weight_decay, eps=o.eps)
-    amp = AMP.get(cfg.hardware.precision)
+    amp = AMP.get(resolve_precision(cfg.hardware.precision, device))
     autocast = (lambda: torch.autocast(device.type, dtype=amp)) if amp is not None else contextlib.nullcontext
     sr = model.sample_rate
     if loader_workers is None:

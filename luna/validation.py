@@ -101,7 +101,7 @@ RULES = {
     "optimizer.warmup_steps": (">=", 0),
     "optimizer.scheduler": ("in", ("cosine", "constant", "exponential")),
     "hardware.device": ("in", ("auto", "cpu", "cuda")),
-    "hardware.precision": ("in", ("fp32", "bf16", "fp16")),
+    "hardware.precision": ("in", ("auto", "fp32", "bf16", "fp16")),
     "hardware.batch_size": (">=", 1),
     "hardware.gpus": (">=", 1),
     "hardware.nodes": (">=", 1),

@@ -36,6 +36,7 @@ from tqdm import tqdm
 
 from luna.config import ConfigError, plain
 from luna.data import SKIPPED_FILE, build_datasets, make_loader, prepare, write_skipped
+from luna.devices import resolve_precision
 from luna.errors import TrainingError
 from luna.serialization import write_json
 from luna import distributed
@@ -78,7 +79,8 @@ class Loop:
     def __init__(self, cfg: DictConfig, env: distributed.DistEnv):
         self.cfg, self.env, self.device, t = cfg, env, env.device, cfg.trainer
         self.out = Path(cfg.output_dir)
-        self.amp_dtype = AMP_DTYPES.get(cfg.hardware.precision)
+        self.precision = resolve_precision(cfg.hardware.precision, self.device)
+        self.amp_dtype = AMP_DTYPES.get(self.precision)
         if self.amp_dtype == torch.float16 and self.device.type == "cpu":
             raise ConfigError("hardware.precision: fp16 needs a CUDA device (use bf16 or fp32 on CPU)")
         self.accumulate = t.accumulate
@@ -128,9 +130,9 @@ class Loop:
             OmegaConf.save(cfg, self.out / "config.yaml", resolve=True)
             self.trackers = build_trackers(cfg.logger, self.out, name=self.out.name or "run",
                                            group=cfg.logger.wandb.group, config=plain(cfg))
-            log.info("training %s | data: %s | world %d (%s, %s), global batch %d (micro %d × accumulate %d) | "
+            log.info("training %s | data: %s | world %d (%s, %s, %s), global batch %d (micro %d × accumulate %d) | "
                      "%d steps/epoch, %d steps", self.task.describe(), self.data_info, env.world_size, env.mode,
-                     self.device, self.global_batch, self.micro_batch, self.accumulate, self.steps_per_epoch,
+                     self.device, self.precision, self.global_batch, self.micro_batch, self.accumulate, self.steps_per_epoch,
                      self.total_steps)
         try:
             with self.preemption:  # SLURM's warning signals: save at the next step
