@@ -50,14 +50,14 @@ class LSTMBlock(nn.Module):
 
     def __init__(self, channels: int, layers: int):
         super().__init__()
-        self.lstm = nn.LSTM(channels, channels, layers)
+        self.rnn = nn.LSTM(channels, channels, layers)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y, _ = self.lstm(x.permute(2, 0, 1))  # [T, B, C]
+        y, _ = self.rnn(x.permute(2, 0, 1))  # [T, B, C]
         return x + y.permute(1, 2, 0)
 
 
-def _context(channels: int, layers: int) -> nn.Module:
+def _lstm(channels: int, layers: int) -> nn.Module:
     return LSTMBlock(channels, layers) if layers > 0 else nn.Identity()
 
 
@@ -69,7 +69,7 @@ class Encoder(nn.Module):
         self.pre = _stack(hidden, res_blocks)
         self.down = nn.Conv1d(hidden, hidden, 2 * stride, stride=stride) if stride > 1 else nn.Identity()
         self.post = _stack(hidden, res_blocks)
-        self.context = _context(hidden, lstm_layers)  # at the token rate, last before the quantizer
+        self.lstm = _lstm(hidden, lstm_layers)  # at the token rate, last before the quantizer
         self.out = nn.Sequential(_norm(hidden), nn.GELU(), nn.Conv1d(hidden, dim, 1))
 
     def forward(self, mel: torch.Tensor) -> torch.Tensor:
@@ -79,7 +79,7 @@ class Encoder(nn.Module):
             extra = (-t) % s  # pad T up to a multiple of the stride, then s//2 + s - s//2 for the k=2s window
             x = F.pad(x, (s // 2, s - s // 2 + extra), mode="replicate")
             x = self.down(x)  # [B, H, ceil(T / s)]
-        return self.out(self.context(self.post(self.pre(x))))
+        return self.out(self.lstm(self.post(self.pre(x))))
 
 
 class Decoder(nn.Module):
@@ -87,14 +87,14 @@ class Decoder(nn.Module):
         super().__init__()
         self.stride = stride
         self.conv_in = nn.Conv1d(dim, hidden, 3, padding=1)
-        self.context = _context(hidden, lstm_layers)  # at the token rate, first after the quantizer
+        self.lstm = _lstm(hidden, lstm_layers)  # at the token rate, first after the quantizer
         self.pre = _stack(hidden, res_blocks)
         self.up = nn.ConvTranspose1d(hidden, hidden, 2 * stride, stride=stride) if stride > 1 else nn.Identity()
         self.post = _stack(hidden, res_blocks)
         self.out = nn.Sequential(_norm(hidden), nn.GELU(), nn.Conv1d(hidden, n_mels, 7, padding=3))
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
-        x = self.pre(self.context(self.conv_in(z)))
+        x = self.pre(self.lstm(self.conv_in(z)))
         if self.stride > 1:
             s, t = self.stride, x.shape[-1]
             x = self.up(x)[..., s // 2 : s // 2 + t * s]  # (T'-1)s + 2s samples → centred T'·s

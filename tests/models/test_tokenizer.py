@@ -251,14 +251,14 @@ def test_lstm_layers_add_a_residual_lstm_at_the_token_rate_that_saves_loads_and_
 
     cfg = compose_train(["model=tiny", "vocoder=griffinlim", "model.lstm_layers=2"])
     tok = SpeechTokenizer.from_config(cfg).eval()
-    assert tok.encoder.context.lstm.num_layers == 2 and tok.decoder.context.lstm.hidden_size == cfg.model.hidden
+    assert tok.encoder.lstm.rnn.num_layers == 2 and tok.decoder.lstm.rnn.hidden_size == cfg.model.hidden
     mel = torch.randn(1, cfg.model.mel.n_mels, 64) - 5
     assert tok.forward_mel(mel).mel_hat.shape == mel.shape
     h = torch.randn(1, cfg.model.hidden, 20)
     late, early = h.clone(), h.clone()
     late[..., 15:] += 1
     early[..., :2] += 1
-    ctx = tok.encoder.context
+    ctx = tok.encoder.lstm
     assert torch.equal(ctx(late)[..., :15], ctx(h)[..., :15])
     assert not torch.allclose(ctx(early)[..., 10:], ctx(h)[..., 10:])
     path = tmp_path / "lstm.pt"
@@ -270,4 +270,4 @@ def test_lstm_layers_add_a_residual_lstm_at_the_token_rate_that_saves_loads_and_
         SpeechTokenizer.from_config(compose_train(["model=tiny", "vocoder=griffinlim", "model.lstm_layers=1",
                                                    "model.causal=true"]))
     plain = SpeechTokenizer.from_config(compose_train(["model=tiny", "vocoder=griffinlim"]))
-    assert not any("context" in k for k in plain.state_dict())  # older checkpoints keep their keys
+    assert not any("lstm" in k for k in plain.state_dict())  # older checkpoints keep their keys
