@@ -139,7 +139,7 @@ def parser() -> argparse.ArgumentParser:
     """The command line (tests/test_docs.py parses the documented arms with it)."""
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--name", required=True, help="arm name: outputs/quality/NAME")
-    p.add_argument("--steps", type=int, default=3000, help="optimizer steps (default: the demo's 3000)")
+    p.add_argument("--steps", type=int, default=3400, help="optimizer steps (default: the demo's 3400)")
     p.add_argument("--threads", type=int, default=2, help="torch threads for training (default 2)")
     p.add_argument("--eval-files", type=int, default=None,
                    help="at most this many files of each set (default: all 30 dev-clean, all 40 unseen readers)")
