@@ -245,7 +245,7 @@ def test_slurm_sweep_2x2_lands_in_four_dirs_and_reports(slurm, tmp_path):
     assert "#SBATCH --cpus-per-task=1" in script and "#SBATCH --ntasks-per-node=1" in script
     assert not re.search(r"^#SBATCH --(gpus|gres)", script, re.M)  # CPU hardware asks for no GPU at all
     for run in runs.values():
-        assert "world 1 (single, cpu)" in (run / "train.log").read_text()
+        assert "world 1 (single, cpu, fp32)" in (run / "train.log").read_text()
 
     r = subprocess.run([sys.executable, "-m", "luna.report", str(sweep_dir)], capture_output=True, text=True,
                        timeout=120, cwd=ROOT)
@@ -267,7 +267,7 @@ def test_two_slurm_tasks_are_two_ddp_ranks_with_identical_weights(slurm, tmp_pat
     assert m["world_size"] == 2 and m["step"] == 4
     assert m["rank_sync_checks"] >= 4  # every step: per-tensor checksums all-gathered, equal on both ranks
     log = (run / "train.log").read_text()
-    assert "rank 1/2 joined (slurm, gloo" in log and "world 2 (slurm, cpu)" in log  # SLURM tasks, not spawn
+    assert "rank 1/2 joined (slurm, gloo" in log and "world 2 (slurm, cpu, fp32)" in log  # SLURM tasks, not spawn
     [job] = _job_ids(sweep_dir)
     assert "#SBATCH --ntasks-per-node=2" in (sweep_dir / ".submitit" / job / f"{job}_submission.sh").read_text()
     assert load(run / "checkpoints" / "last.pt")["step"] == 4
