@@ -24,8 +24,6 @@ import torch
 
 from benchmarks.run import CPU_THREADS, compose, main_of, median, row, skipped, speech, threads
 
-AMP = {"bf16": torch.bfloat16, "fp16": torch.float16}
-
 
 def _loader_batches(cfg: Any, sample_rate: int, batch: int, workers: int, pin: bool) -> Iterator[torch.Tensor]:
     """Endless training batches from the real DataLoader (a new epoch, and new workers, when one ends)."""
@@ -57,7 +55,7 @@ def measure(
     the real DataLoader with that many workers, and ``wait_s`` holds the time each step waited for its
     batch (the rest of ``step_s`` is compute). Returns per-step ``step_s`` and ``wait_s`` lists.
     """
-    from luna.devices import resolve_precision
+    from luna.devices import AMP_DTYPES, resolve_precision
     from luna.losses import MelLoss
     from luna.models.tokenizer import SpeechTokenizer
 
@@ -70,7 +68,7 @@ def measure(
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=o.lr * cfg.hardware.lr_scale, betas=tuple(o.betas),
                             weight_decay=o.weight_decay, eps=o.eps)
-    amp = AMP.get(resolve_precision(cfg.hardware.precision, device))
+    amp = AMP_DTYPES.get(resolve_precision(cfg.hardware.precision, device))
     autocast = (lambda: torch.autocast(device.type, dtype=amp)) if amp is not None else contextlib.nullcontext
     sr = model.sample_rate
     if loader_workers is None:

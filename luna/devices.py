@@ -23,6 +23,10 @@ def resolve_device(name: str, key: str = "device") -> torch.device:
     return dev
 
 
+#: the autocast dtype of each mixed precision (fp32 has none)
+AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
 def native_bf16(device: torch.device) -> bool:
     """Whether ``device`` computes bf16 in hardware: a CUDA GPU that supports it, or a CPU with AVX512-BF16 or AMX
     (elsewhere a CPU emulates bf16, slower than fp32)."""

@@ -36,7 +36,7 @@ from tqdm import tqdm
 
 from luna.config import ConfigError, plain
 from luna.data import SKIPPED_FILE, build_datasets, make_loader, prepare, write_skipped
-from luna.devices import resolve_precision
+from luna.devices import AMP_DTYPES, resolve_precision
 from luna.errors import TrainingError
 from luna.serialization import write_json
 from luna import distributed
@@ -49,8 +49,6 @@ from luna.training.tasks import build_task
 from luna.version import __version__
 
 log = logging.getLogger("luna.trainer")
-
-AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 def seed_everything(seed: int) -> None:
